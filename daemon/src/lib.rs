@@ -1,0 +1,1 @@
+//! jobd (the job service) and jobctl (its client).

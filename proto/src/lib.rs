@@ -1,0 +1,1 @@
+//! The `jobworker.v1` gRPC API (generated with protox + tonic-prost-build).

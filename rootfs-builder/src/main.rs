@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("rootfs-builder: not built yet");
+    std::process::exit(2);
+}
