@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# cgroup v2 test lane: boots a stock Debian 6.1 kernel under qemu (TCG) with a
+# busybox initramfs, mounts a pure cgroup2 hierarchy at /sys/fs/cgroup, and runs
+# tests/v2-lane/guest-tests.sh in the guest against the built job-runtime.
+#
+# Usage: tests/v2-lane/run.sh            (from anywhere)
+# Env:
+#   V2LANE_BIN_DIR     dir holding job-runtime + job-init (default: <repo>/target/release)
+#   V2LANE_LANE_ONLY=1 run only the lane self-checks (no job-runtime needed)
+#   V2LANE_CACHE       kernel/initramfs cache (default: /var/cache/jobworker-v2lane)
+#   V2LANE_KERNEL_PKG  e.g. linux-image-6.1.0-56-amd64 (default: newest 6.1.0-*-amd64 apt knows)
+#   V2LANE_TIMEOUT     guest wall-time bound in seconds (default: 600)
+#   V2LANE_ONLY        space-separated guest test names to run (default: all)
+#   V2LANE_KEEP=1      keep the temp work dir (console.log, results.txt) for debugging
+# Exit status: 0 iff the guest booted, ran the tests, wrote a final
+# "V2LANE RESULT: N passed, 0 failed" line with N > 0, and powered off in time.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+CACHE="${V2LANE_CACHE:-/var/cache/jobworker-v2lane}"
+BIN_DIR="${V2LANE_BIN_DIR:-$REPO/target/release}"
+TIMEOUT="${V2LANE_TIMEOUT:-600}"
+LANE_ONLY="${V2LANE_LANE_ONLY:-0}"
+# Bump when the set of modules or the initramfs recipe changes (invalidates the cache).
+RECIPE=3
+MODULES_WANTED=(9p 9pnet_virtio virtio_pci virtio_blk)
+
+log() { printf 'v2-lane: %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+T0=$(date +%s)
+WORK="$(mktemp -d /tmp/v2lane.XXXXXX)"
+QEMU_PID=
+cleanup() {
+  local rc=$?
+  if [[ -n "$QEMU_PID" ]] && kill -0 "$QEMU_PID" 2>/dev/null; then kill "$QEMU_PID" 2>/dev/null || true; fi
+  if [[ "${V2LANE_KEEP:-0}" == 1 ]]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- host tools
+need_pkgs=()
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+BUSYBOX=
+for b in /bin/busybox /usr/bin/busybox; do
+  if [[ -x $b ]] && ! ldd "$b" >/dev/null 2>&1; then BUSYBOX=$b; break; fi  # static only
+done
+[[ -n $BUSYBOX ]] || need_pkgs+=(busybox-static)
+apt_updated=0
+apt_update_once() { [[ $apt_updated == 1 ]] || { log "apt-get update"; apt-get update -qq >&2; apt_updated=1; }; }
+if ((${#need_pkgs[@]})); then
+  apt_update_once
+  log "installing ${need_pkgs[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+  BUSYBOX=/bin/busybox
+fi
+for t in gzip dpkg apt-get timeout; do command -v $t >/dev/null || die "missing host tool $t"; done
+
+# ---------------------------------------------------------------- kernel
+pick_kernel() {
+  apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' 2>/dev/null | awk '{print $1}' | sort -V | tail -1
+}
+KPKG="${V2LANE_KERNEL_PKG:-$(pick_kernel)}"
+if [[ -z "$KPKG" ]]; then apt_update_once; KPKG="$(pick_kernel)"; fi
+[[ -n "$KPKG" ]] || die "no linux-image-6.1.0-*-amd64 package known to apt"
+KVER_DEB="$(apt-cache policy "$KPKG" | awk '/Candidate:/{print $2}')"
+[[ -n "$KVER_DEB" && "$KVER_DEB" != "(none)" ]] || die "no candidate version for $KPKG"
+KREL="${KPKG#linux-image-}"          # e.g. 6.1.0-56-amd64
+KDIR="$CACHE/${KPKG}_${KVER_DEB}_r${RECIPE}"
+
+prepare_kernel() {
+  local tmp="$WORK/kernel-extract" mdir m f
+  mkdir -p "$tmp" "$CACHE"
+  log "downloading $KPKG=$KVER_DEB"
+  (cd "$tmp" && apt-get download -qq "$KPKG=$KVER_DEB" >&2 2>/dev/null) || die "apt-get download $KPKG failed"
+  dpkg -x "$tmp"/*.deb "$tmp/x"
+  mdir="$tmp/x/lib/modules/$KREL"
+  [[ -d $mdir ]] || die "no lib/modules/$KREL in $KPKG"
+  local stage="$CACHE/.stage.$$"
+  rm -rf "$stage"; mkdir -p "$stage/modules"
+  cp "$tmp/x/boot/vmlinuz-$KREL" "$stage/vmlinuz"
+
+  # name -> path map (names normalised to underscores, compression stripped)
+  declare -A path=()
+  while IFS= read -r f; do
+    m="$(basename "$f")"; m="${m%%.ko*}"; m="${m//-/_}"; path[$m]="$f"
+  done < <(find "$mdir/kernel" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz')
+  declare -A done_=()
+  order=()
+  builtin_has() { grep -q "/${1}\.ko\$" "$mdir/modules.builtin" 2>/dev/null || grep -q "/${1//_/-}\.ko\$" "$mdir/modules.builtin" 2>/dev/null; }
+  add_mod() {
+    local m="$1" src out deps d
+    [[ -n "${done_[$m]:-}" ]] && return 0
+    done_[$m]=1
+    if [[ -z "${path[$m]:-}" ]]; then
+      builtin_has "$m" && return 0
+      die "module $m neither in $KPKG nor built in"
+    fi
+    src="${path[$m]}"; out="$stage/modules/$m.ko"
+    case "$src" in
+      *.xz) xz -dc "$src" >"$out" ;; *.zst) zstd -qdc "$src" >"$out" ;; *.gz) gzip -dc "$src" >"$out" ;;
+      *) cp "$src" "$out" ;;
+    esac
+    deps="$(tr '\0' '\n' <"$out" | grep -a '^depends=' | head -1 | cut -d= -f2)"
+    for d in ${deps//,/ }; do add_mod "${d//-/_}"; done
+    order+=("$m")
+  }
+  for m in "${MODULES_WANTED[@]}"; do add_mod "$m"; done
+  printf '%s\n' "${order[@]}" >"$stage/modules/order"
+  rm -rf "$KDIR"; mv "$stage" "$KDIR"
+  rm -rf "$tmp"
+  log "kernel cached in $KDIR (modules: ${order[*]})"
+}
+[[ -f "$KDIR/vmlinuz" && -f "$KDIR/modules/order" ]] || prepare_kernel
+
+# ---------------------------------------------------------------- initramfs
+# Stage 1 (/init) copies the initramfs into a tmpfs and switch_roots to it, so
+# that pivot_root(2) works for containers (it refuses a rootfs/initramfs root).
+build_initramfs() {
+  local ir="$WORK/initramfs" out="$1"
+  mkdir -p "$ir"/{bin,sbin,dev,proc,sys,newroot,lib/v2lane,etc}
+  cp "$BUSYBOX" "$ir/bin/busybox"
+  cp "$KDIR"/modules/*.ko "$KDIR/modules/order" "$ir/lib/v2lane/"
+  mknod -m 600 "$ir/dev/console" c 5 1
+  mknod -m 666 "$ir/dev/null" c 1 3
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$ir/etc/passwd"
+  echo 'root:x:0:' >"$ir/etc/group"
+  cat >"$ir/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t tmpfs -o mode=0755 tmpfs /newroot
+cp -a /bin /sbin /lib /etc /init2 /newroot/
+mkdir -p /newroot/dev /newroot/proc /newroot/sys /newroot/tmp /newroot/host /newroot/run
+mknod -m 600 /newroot/dev/console c 5 1
+exec switch_root /newroot /init2
+EOF
+  cat >"$ir/init2" <<'EOF'
+#!/bin/sh
+export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
+for m in $(cat /lib/v2lane/order); do insmod /lib/v2lane/$m.ko || echo "v2lane-init: insmod $m failed"; done
+hostname v2lane
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host /host; then
+  echo "v2lane-init: cannot mount 9p share"; poweroff -f
+fi
+[ -d /host/sysroot ] && cp -a /host/sysroot/. /
+echo "v2lane-init: kernel $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+sh /host/guest-tests.sh </dev/null
+sync
+umount /host 2>/dev/null
+poweroff -f
+EOF
+  chmod 755 "$ir/init" "$ir/init2"
+  (cd "$ir" && find . | "$BUSYBOX" cpio -o -H newc 2>/dev/null | gzip -1) >"$out"
+}
+INITRD="$WORK/initramfs.cpio.gz"
+build_initramfs "$INITRD"
+
+# ---------------------------------------------------------------- share
+SHARE="$WORK/share"
+mkdir -p "$SHARE/sysroot/usr/local/bin"
+cp "$HERE/guest-tests.sh" "$SHARE/guest-tests.sh"
+: >"$SHARE/results.txt"
+copy_with_libs() {  # copy binary $1 to sysroot/usr/local/bin with its ldd closure at the same paths
+  local bin="$1" lib
+  cp "$bin" "$SHARE/sysroot/usr/local/bin/"
+  ldd "$bin" 2>/dev/null | grep -oE '(/[^ ]+)' | while read -r lib; do
+    [[ -e "$lib" ]] || continue
+    mkdir -p "$SHARE/sysroot$(dirname "$lib")"
+    cp -L "$lib" "$SHARE/sysroot$lib"
+  done
+}
+if [[ "$LANE_ONLY" == 1 ]]; then
+  log "V2LANE_LANE_ONLY=1: lane self-checks only, job-runtime not tested"
+  echo 1 >"$SHARE/lane-only"
+else
+  for b in job-runtime job-init; do
+    [[ -x "$BIN_DIR/$b" ]] || die "$BIN_DIR/$b missing (build: cargo build --release -p runtime -p job-init; or set V2LANE_BIN_DIR; or V2LANE_LANE_ONLY=1)"
+    copy_with_libs "$BIN_DIR/$b"
+  done
+fi
+[[ -n "${V2LANE_ONLY:-}" ]] && printf '%s\n' "$V2LANE_ONLY" >"$SHARE/only"
+truncate -s 64M "$WORK/disk.img"
+
+# ---------------------------------------------------------------- boot
+log "booting $KREL (timeout ${TIMEOUT}s)"
+CONSOLE="$WORK/console.log"
+set +e
+timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
+  -accel tcg -cpu max -m 1024 -smp 2 \
+  -nographic -no-reboot \
+  -kernel "$KDIR/vmlinuz" -initrd "$INITRD" \
+  -append 'console=ttyS0 panic=-1 quiet' \
+  -virtfs "local,path=$SHARE,mount_tag=host,security_model=none,id=host" \
+  -drive "file=$WORK/disk.img,if=virtio,format=raw" \
+  -nic none </dev/null 2>&1 | tee "$CONSOLE"
+QRC=${PIPESTATUS[0]}
+set -e
+T1=$(date +%s)
+log "guest exited with status $QRC after $((T1 - T0))s total"
+
+fail=0
+if [[ $QRC == 124 || $QRC == 137 ]]; then log "FAIL: guest timed out after ${TIMEOUT}s"; fail=1; fi
+if grep -q 'Kernel panic' "$CONSOLE"; then log "FAIL: guest kernel panicked"; fail=1; fi
+RESULT_LINE="$(grep -a '^V2LANE RESULT:' "$SHARE/results.txt" | tail -1 || true)"
+if [[ -z "$RESULT_LINE" ]]; then
+  log "FAIL: no 'V2LANE RESULT:' line in results (guest died or tests did not finish)"; fail=1
+else
+  passed="$(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$RESULT_LINE")"
+  failed="$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$RESULT_LINE")"
+  if [[ "$failed" != 0 || "$passed" == 0 ]]; then log "FAIL: $RESULT_LINE"; fail=1; fi
+fi
+if [[ $fail != 0 ]]; then
+  log "failed tests:"; grep -a '^FAIL' "$SHARE/results.txt" >&2 || true
+  exit 1
+fi
+log "OK: $RESULT_LINE"
