@@ -1,1 +1,14 @@
-//! Minimal root filesystems: host executables with their library closure, and OCI image archives.
+//! Minimal root filesystems for jobs: host programs with exactly what they load
+//! ([`host::build`]), and OCI images unpacked without ever writing outside the target
+//! ([`image::build`]). Builds are atomic and carry a content key ([`output`]).
+
+pub mod closure;
+pub mod elf;
+pub mod host;
+pub mod hostcopy;
+pub mod ldcache;
+pub mod output;
+pub mod python;
+pub mod resolve;
+
+pub use host::{BuiltRootfs, HostRequest};

@@ -1,4 +1,80 @@
-fn main() {
-    eprintln!("rootfs-builder: not built yet");
-    std::process::exit(2);
+//! `rootfs-builder`: the command-line face of the `rootfs_builder` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rootfs_builder::host::{self, HostRequest};
+
+#[derive(Parser)]
+#[command(
+    name = "rootfs-builder",
+    version,
+    about = "minimal root filesystems from host programs and OCI images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy host programs and everything they load into a new rootfs.
+    Host {
+        /// Destination directory (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra file or directory to copy as it is (repeatable).
+        #[arg(long = "with", value_name = "PATH")]
+        with: Vec<PathBuf>,
+        /// Rebuild even if OUT already holds an up-to-date build.
+        #[arg(long)]
+        force: bool,
+        /// Program names (searched in PATH) or paths.
+        #[arg(required = true)]
+        programs: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROOTFS_BUILDER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rootfs-builder: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Host {
+            out,
+            with,
+            force,
+            programs,
+        } => {
+            let built = host::build(&HostRequest {
+                out,
+                programs,
+                with,
+                force,
+            })?;
+            print_built(&built);
+        }
+    }
+    Ok(())
+}
+
+/// One line a script can parse: the key, whether it was reused, and the path.
+fn print_built(built: &rootfs_builder::BuiltRootfs) {
+    let state = if built.reused { "reused" } else { "built" };
+    println!("{} {} {}", built.key, state, built.path.display());
 }

@@ -1,0 +1,248 @@
+//! `host` builds against this machine's real programs (needs root for chroot).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rootfs_builder::elf;
+use rootfs_builder::host::{self, HostRequest};
+use rootfs_builder::output::{self, MARKER};
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn request(out: &Path, programs: &[&str]) -> HostRequest {
+    HostRequest {
+        out: out.to_path_buf(),
+        programs: programs.iter().map(|s| s.to_string()).collect(),
+        with: Vec::new(),
+        force: false,
+    }
+}
+
+/// Every file in `root` that could be exec'd as a program: an ELF with an interpreter, a static
+/// ELF executable, or an executable script.
+fn programs_in(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    output::walk(root, &mut |rel, meta| {
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Ok(());
+        }
+        let full = root.join(rel);
+        let head = fs::read(&full).unwrap_or_default();
+        let is_program = if elf::has_elf_magic(&head) {
+            // Shared libraries have no PT_INTERP; the dynamic loader itself is allowed.
+            let info = elf::read(&full).unwrap();
+            info.interp.is_some() && !rel.to_string_lossy().contains(".so")
+        } else {
+            head.starts_with(b"#!")
+        };
+        if is_program {
+            found.push(Path::new("/").join(rel));
+        }
+        Ok(())
+    })
+    .unwrap();
+    found.sort();
+    found
+}
+
+/// Where `/usr/bin/NAME` leads inside the rootfs, resolving symlinks relative to `root` as the
+/// kernel does after pivot_root.
+fn which_real(name: &str, root: &Path) -> PathBuf {
+    let mut pending: Vec<PathBuf> = vec![PathBuf::from("usr/bin"), PathBuf::from(name)];
+    pending.reverse();
+    let mut cur = PathBuf::from("/");
+    while let Some(c) = pending.pop() {
+        if c == Path::new("..") {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&c);
+        match fs::read_link(root.join(next.strip_prefix("/").unwrap())) {
+            Ok(target) => {
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                let comps: Vec<PathBuf> = target
+                    .components()
+                    .filter(|c| !matches!(c, std::path::Component::RootDir))
+                    .map(|c| PathBuf::from(c.as_os_str()))
+                    .collect();
+                pending.extend(comps.into_iter().rev());
+            }
+            Err(_) => cur = next,
+        }
+    }
+    cur
+}
+
+#[test]
+fn sh_and_python3_rootfs_runs_and_holds_only_their_programs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rootfs");
+    let built = host::build(&request(&out, &["sh", "python3"])).unwrap();
+    assert!(!built.reused);
+    assert_eq!(built.key.len(), 64);
+    for dir in ["proc", "dev", "sys", "tmp", "etc"] {
+        assert!(out.join(dir).is_dir(), "{dir} missing");
+    }
+    let passwd = fs::read_to_string(out.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("root:x:0:0") && passwd.contains("nobody:x:65534"));
+    assert!(!out
+        .join("usr/bin/python3")
+        .symlink_metadata()
+        .unwrap()
+        .is_dir());
+
+    let programs = programs_in(&out);
+    let sh = which_real("sh", &out);
+    let python = which_real("python3", &out);
+    assert_eq!(programs, {
+        let mut want = vec![sh, python];
+        want.sort();
+        want
+    });
+    // No caches, tests or GUI toolkits came along.
+    let mut unwanted = Vec::new();
+    output::walk(&out, &mut |rel, _| {
+        let name = rel.file_name().unwrap().to_string_lossy();
+        if [
+            "__pycache__",
+            "test",
+            "tests",
+            "tkinter",
+            "idlelib",
+            "site-packages",
+        ]
+        .contains(&name.as_ref())
+        {
+            unwanted.push(rel.to_path_buf());
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(unwanted.is_empty(), "{unwanted:?}");
+
+    if !is_root() {
+        eprintln!("skipping chroot run: needs root");
+        return;
+    }
+    let run = Command::new("chroot")
+        .arg(&out)
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import json, sqlite3, ssl, ctypes, hashlib; \
+             print(json.dumps([sqlite3.sqlite_version_info[0], ssl.OPENSSL_VERSION.split()[0], \
+             hashlib.sha256(b'job').hexdigest()[:6], ctypes.sizeof(ctypes.c_int)]))",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "[3, \"OpenSSL\", \"5e8c99\", 4]"
+    );
+    let sh = Command::new("chroot")
+        .arg(&out)
+        .args(["/bin/sh", "-c", "echo ok"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&sh.stdout), "ok\n");
+}
+
+#[test]
+fn same_inputs_give_same_tree_and_the_key_is_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let first = host::build(&request(&a, &["sh"])).unwrap();
+    let second = host::build(&request(&b, &["sh"])).unwrap();
+    assert_eq!(first.key, second.key);
+    assert_eq!(output::tree_key(&a).unwrap(), output::tree_key(&b).unwrap());
+    let again = host::build(&request(&a, &["sh"])).unwrap();
+    assert!(again.reused);
+    assert_eq!(again.key, first.key);
+    let mut forced = request(&a, &["sh"]);
+    forced.force = true;
+    let rebuilt = host::build(&forced).unwrap();
+    assert!(!rebuilt.reused);
+    assert_eq!(rebuilt.key, first.key);
+    // A different request is rebuilt in place.
+    let other = host::build(&request(&a, &["sh", "env"])).unwrap();
+    assert!(!other.reused);
+    assert_ne!(other.key, first.key);
+    assert!(a.join("usr/bin/env").exists());
+    assert_eq!(
+        fs::read_dir(tmp.path()).unwrap().count(),
+        2,
+        "temp dirs left"
+    );
+}
+
+#[test]
+fn with_paths_and_scripts_bring_what_they_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    fs::create_dir_all(data.join("sub")).unwrap();
+    fs::write(data.join("sub/file.txt"), "hello").unwrap();
+    let script = tmp.path().join("greet");
+    fs::write(&script, "#!/bin/sh\necho greet\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = tmp.path().join("rootfs");
+    let mut req = request(&out, &[script.to_str().unwrap()]);
+    req.with = vec![data.clone()];
+    host::build(&req).unwrap();
+    let staged = |p: &Path| out.join(p.strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::read_to_string(staged(&data.join("sub/file.txt"))).unwrap(),
+        "hello"
+    );
+    assert!(staged(&script).is_file());
+    assert!(out.join("bin/sh").exists(), "the #! interpreter came along");
+    if is_root() {
+        let run = Command::new("chroot")
+            .arg(&out)
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&run.stdout), "greet\n");
+    }
+}
+
+#[test]
+fn failures_name_the_problem_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rootfs");
+    let err = host::build(&request(&out, &["sh", "no-such-program-xyz"])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown program no-such-program-xyz"),
+        "{err}"
+    );
+    let notes = tmp.path().join("notes.txt");
+    fs::write(&notes, "just text").unwrap();
+    fs::set_permissions(&notes, fs::Permissions::from_mode(0o755)).unwrap();
+    let err = host::build(&request(&out, &[notes.to_str().unwrap()])).unwrap_err();
+    assert!(err.to_string().contains("neither an ELF"), "{err}");
+    let names: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("notes.txt")]);
+    // A directory the builder did not make is never replaced.
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("keep"), "x").unwrap();
+    let err = host::build(&request(&out, &["sh"])).unwrap_err();
+    assert!(
+        err.to_string().contains("not built by rootfs-builder"),
+        "{err}"
+    );
+    assert!(out.join("keep").exists() && !out.join(MARKER).exists());
+}
