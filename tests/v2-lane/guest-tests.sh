@@ -25,6 +25,17 @@ cgread() { cat "$1" 2>/dev/null; }
 # value of KEY in a flat-keyed file ("key value" lines)
 kv() { awk -v k="$2" '$1==k{print $2}' "$1" 2>/dev/null; }
 mkcg() { d=$CG/t-$1; rmdir "$d" 2>/dev/null; mkdir "$d" || no "mkdir $d"; echo "$d"; }
+wait_unpopulated() { i=0; while [ $i -lt ${2:-50} ] && grep -q 'populated 1' $1/cgroup.events 2>/dev/null; do sleep 0.1; i=$((i+1)); done; ! grep -q 'populated 1' $1/cgroup.events 2>/dev/null; }
+# ftrace of the kernel's cgroup.kill handler: tells who wrote cgroup.kill
+TR=/sys/kernel/tracing
+trace_on() {
+  [ -f $TR/trace ] || mount -t tracefs nodev $TR 2>/dev/null || return 1
+  echo cgroup_kill_write >$TR/set_ftrace_filter 2>/dev/null || return 1
+  echo function >$TR/current_tracer || return 1
+  echo >$TR/trace; echo 1 >$TR/tracing_on
+}
+trace_hits() { grep -v '^#' $TR/trace | grep cgroup_kill_write; }
+trace_off() { echo nop >$TR/current_tracer; echo >$TR/set_ftrace_filter; echo >$TR/trace; }
 rmcg() { [ -d "$1" ] || return 0; echo 1 >"$1/cgroup.kill" 2>/dev/null; i=0; while [ $i -lt 50 ] && ! rmdir "$1" 2>/dev/null; do sleep 0.1; i=$((i+1)); done; }
 
 # ------------------------------------------------------------------ lane self-checks
@@ -69,10 +80,13 @@ t_lane_cgroup_kill() {
   sleep 0.5
   n=$(wc -l <$d/cgroup.procs)
   [ "$n" -ge 1 ] || no "no process in cgroup"
+  trace_on || no "cannot trace cgroup_kill_write (ftrace): the cgroup.kill detector would not work"
   echo 1 >$d/cgroup.kill || no "cgroup.kill not writable"
-  i=0; while [ $i -lt 50 ] && grep -q 'populated 1' $d/cgroup.events; do sleep 0.1; i=$((i+1)); done
-  grep -q 'populated 0' $d/cgroup.events || no "still populated after cgroup.kill"
+  hits=$(trace_hits); trace_off
+  wait_unpopulated $d 50 || no "still populated after cgroup.kill"
   rmdir $d || no "rmdir after kill"
+  echo "$hits" | grep -q cgroup_kill_write || no "ftrace did not see our cgroup.kill write"
+  log "ftrace saw: $(echo "$hits" | head -1 | sed 's/^ *//')"
 }
 
 t_lane_cpu_max() {
@@ -104,15 +118,20 @@ t_lane_io_device() {
 
 # ------------------------------------------------------------------ job-runtime tests
 have_rt() { [ -x $RT ] || skip "job-runtime not provided (lane-only run)"; }
+rt() { $RT --root $RTROOT "$@"; }
 
-# mkbundle NAME ARGS_JSON [RESOURCES_JSON] [CGROUPS_PATH]
-# A bundle with the busybox rootfs; writes a literal config.json (no jq in the guest).
+NS_ALL='[{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}, {"type": "cgroup"}]'
+NS_NOPID='[{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}, {"type": "cgroup"}]'
+
+# mkbundle NAME ARGS_JSON [RESOURCES_JSON] [CGROUPS_PATH] [NAMESPACES_JSON]
+# A bundle with a busybox rootfs and a literal config.json (no jq in the guest).
 mkbundle() {
   b=$WORKDIR/$1; rm -rf "$b"; mkdir -p "$b/rootfs"
   (cd "$b/rootfs" && mkdir -p bin proc sys dev tmp etc && cp /bin/busybox bin/ &&
     for a in sh cat echo sleep head tail true false ls ps id dd yes seq kill; do ln -s busybox bin/$a; done)
   cgp=""; [ -n "$4" ] && cgp="\"cgroupsPath\": \"$4\","
-  cat >"$b/config.json" <<EOF
+  res=${3:-"{}"}; ns=${5:-$NS_ALL}
+  cat >"$b/config.json" <<EOJ
 {
   "ociVersion": "1.0.2",
   "process": {
@@ -132,31 +151,263 @@ mkbundle() {
   ],
   "linux": {
     $cgp
-    "resources": ${3:-{\}},
-    "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}, {"type": "cgroup"}]
+    "resources": $res,
+    "namespaces": $ns
   }
 }
-EOF
+EOJ
   echo "$b"
 }
 
-# cgroup dir of a live container (from its init pid)
+st_pid() { rt state "$1" 2>/dev/null | tr -d '\n' | sed -n 's/.*"pid": *\([0-9][0-9]*\).*/\1/p'; }
+st_status() { rt state "$1" 2>/dev/null | tr -d '\n' | sed -n 's/.*"status": *"\([a-z]*\)".*/\1/p'; }
+# wait_status ID STATUS [TENTHS]
+wait_status() { i=0; while [ $i -lt ${3:-100} ]; do [ "$(st_status $1)" = "$2" ] && return 0; sleep 0.1; i=$((i+1)); done; return 1; }
+# cgroup dir of a container whose init is alive
 ctr_cg() {
-  pid=$($RT --root $RTROOT state "$1" 2>/dev/null | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
-  [ -n "$pid" ] && [ "$pid" != 0 ] || return 1
-  p=$(sed -n 's/^0:://p' /proc/$pid/cgroup)
-  [ -n "$p" ] && echo "$CG$p"
+  pid=$(st_pid "$1"); [ -n "$pid" ] && [ "$pid" != 0 ] || return 1
+  p=$(sed -n 's/^0:://p' /proc/$pid/cgroup); [ -n "$p" ] || return 1
+  echo "$CG$p"
 }
-
-cleanup_ctr() { $RT --root $RTROOT delete --force "$1" >/dev/null 2>&1; }
+# create + start, detached; stdio to /tmp/ID.out. Sets D to the container's cgroup.
+up() {
+  rt create -b "$2" "$1" </dev/null >/tmp/$1.out 2>&1 || no "create $1 failed: $(cat /tmp/$1.out)"
+  D=$(ctr_cg "$1") || { rt delete --force "$1" >/dev/null 2>&1; no "cannot find cgroup of $1 (state: $(rt state $1 2>&1))"; }
+  rt start "$1" >>/tmp/$1.out 2>&1 || { rt delete --force "$1" >/dev/null 2>&1; no "start $1 failed: $(cat /tmp/$1.out)"; }
+}
+down() { rt delete --force "$1" >/dev/null 2>&1; }
+# no cgroup other than the root may hold processes while it has controllers in subtree_control
+internal_procs() {
+  find $CG -mindepth 1 -type d | while read -r c; do
+    [ -n "$(cat $c/cgroup.subtree_control 2>/dev/null)" ] && [ -n "$(cat $c/cgroup.procs 2>/dev/null)" ] &&
+      echo "${c#$CG} (subtree_control: $(cat $c/cgroup.subtree_control), procs: $(cat $c/cgroup.procs | tr '\n' ' '))"
+  done
+}
 
 t_rt_smoke() {
   have_rt
-  b=$(mkbundle smoke '["sh", "-c", "echo hello-from-v2"]')
-  out=$($RT --root $RTROOT run -b "$b" smoke 2>&1); rc=$?
-  cleanup_ctr smoke
+  b=$(mkbundle smoke '["sh", "-c", "echo hello-from-v2; cat /proc/self/cgroup"]')
+  out=$(rt run -b "$b" smoke 2>&1 </dev/null); rc=$?
+  down smoke
   [ $rc = 0 ] || no "run exited $rc: $out"
   echo "$out" | grep -q hello-from-v2 || no "output: $out"
+  log "$(echo "$out" | tr '\n' ' ')"
+}
+
+# On a v2 host without systemd nobody enables controllers for the runtime:
+# it must write +memory etc. into subtree_control down its path itself.
+t_rt_enables_controllers() {
+  have_rt
+  echo "-cpu -io -memory -pids" >$CG/cgroup.subtree_control 2>/dev/null || skip "cannot clear root subtree_control (a descendant uses a controller)"
+  b=$(mkbundle enable '["sleep", "1000"]' '{"memory": {"limit": 67108864}, "pids": {"limit": 50}}')
+  ( up enable "$b"; echo "$D" >/tmp/enable.cg )
+  rc=$?
+  D=$(cat /tmp/enable.cg 2>/dev/null)
+  mm=$(cat $D/memory.max 2>/dev/null); pm=$(cat $D/pids.max 2>/dev/null)
+  bad=$(internal_procs)
+  down enable
+  echo "+cpu +io +memory +pids" >$CG/cgroup.subtree_control
+  [ $rc = 0 ] || no "with no controllers enabled at the root: $(cat /tmp/why)"
+  [ "$mm" = 67108864 ] || no "memory.max in ${D#$CG} is '$mm' (want 67108864)"
+  [ "$pm" = 50 ] || no "pids.max in ${D#$CG} is '$pm' (want 50)"
+  [ -z "$bad" ] || no "processes in cgroups with controllers enabled: $bad"
+}
+
+t_rt_memory_oom() {
+  have_rt
+  b=$(mkbundle oom '["dd", "if=/dev/zero", "of=/dev/null", "bs=104857600", "count=1"]' \
+      '{"memory": {"limit": 33554432, "swap": 33554432}}')
+  out=$(rt run -b "$b" oom1 2>&1 </dev/null); rc=$?
+  down oom1
+  [ $rc = 137 ] || no "run of a 100M allocation under a 32M limit exited $rc (want 137): $out"
+  up oom2 "$b"
+  mm=$(cat $D/memory.max); sm=$(cat $D/memory.swap.max 2>/dev/null)
+  wait_status oom2 stopped 200 || { down oom2; no "oom2 not stopped (status $(st_status oom2))"; }
+  k=$(kv $D/memory.events oom_kill)
+  rt delete oom2 >/tmp/oom2.del 2>&1 || { down oom2; no "delete of stopped container failed: $(cat /tmp/oom2.del)"; }
+  [ -d "$D" ] && no "cgroup ${D#$CG} left after delete"
+  [ "$mm" = 33554432 ] || no "memory.max=$mm (want 33554432)"
+  [ "$sm" = 0 ] || no "memory.swap.max=$sm (want 0: OCI swap is memory+swap, v2 swap.max is swap only)"
+  [ "${k:-0}" -ge 1 ] || no "memory.events oom_kill=${k:-missing}"
+  log "run rc=$rc memory.max=$mm swap.max=$sm oom_kill=$k"
+}
+
+t_rt_pids_max() {
+  have_rt
+  # the inner shell dies at the first failed fork; pid 1 and the sleeps stay
+  b=$(mkbundle pids '["sh", "-c", "sh -c \"i=0; while [ \\$i -lt 40 ]; do sleep 1000 & i=\\$((i+1)); done\" 2>/dev/null; exec sleep 1000"]' \
+      '{"pids": {"limit": 10}}')
+  up pids "$b"
+  i=0; while [ $i -lt 300 ] && [ "$(kv $D/pids.events max)" = 0 ]; do sleep 0.1; i=$((i+1)); done
+  pm=$(cat $D/pids.max); cur=$(cat $D/pids.current); ev=$(kv $D/pids.events max)
+  down pids
+  [ "$pm" = 10 ] || no "pids.max=$pm"
+  [ "$cur" -le 10 ] || no "pids.current=$cur > 10"
+  [ "$cur" -ge 8 ] || no "pids.current=$cur: the container lost its processes (want 8..10 alive)"
+  [ "${ev:-0}" -ge 1 ] || no "fork loop never hit the limit (pids.events max=$ev, current=$cur)"
+  log "pids.max=$pm current=$cur events.max=$ev"
+}
+
+t_rt_cpu_max() {
+  have_rt
+  b=$(mkbundle cpu '["sh", "-c", "while :; do :; done"]' '{"cpu": {"quota": 20000, "period": 100000}}')
+  up cpu "$b"
+  cm=$(cat $D/cpu.max)
+  sleep 0.5
+  u0=$(kv $D/cpu.stat usage_usec); t0=$(date +%s)
+  sleep 5
+  u1=$(kv $D/cpu.stat usage_usec); t1=$(date +%s)
+  thr=$(kv $D/cpu.stat nr_throttled)
+  down cpu
+  [ "$cm" = "20000 100000" ] || no "cpu.max='$cm' (want '20000 100000')"
+  pct=$(( (u1 - u0) / ((t1 - t0) * 10000) ))
+  log "cpu.max=$cm busy loop at ${pct}% of one cpu, nr_throttled=$thr"
+  [ "$pct" -ge 8 ] && [ "$pct" -le 35 ] || no "busy loop at ${pct}% under a 20% quota (band 8..35)"
+}
+
+t_rt_io_max() {
+  have_rt
+  [ -b /dev/vda ] || no "no /dev/vda"
+  dev=$(cat /sys/block/vda/dev); maj=${dev%:*}; min=${dev#*:}
+  b=$(mkbundle io '["sleep", "1000"]' "{\"blockIO\": {
+      \"throttleReadBpsDevice\": [{\"major\": $maj, \"minor\": $min, \"rate\": 2097152}],
+      \"throttleWriteBpsDevice\": [{\"major\": $maj, \"minor\": $min, \"rate\": 1048576}],
+      \"throttleReadIOPSDevice\": [{\"major\": $maj, \"minor\": $min, \"rate\": 300}],
+      \"throttleWriteIOPSDevice\": [{\"major\": $maj, \"minor\": $min, \"rate\": 200}]}}")
+  up io "$b"
+  got=$(cat $D/io.max)
+  down io
+  want="$dev rbps=2097152 wbps=1048576 riops=300 wiops=200"
+  [ "$got" = "$want" ] || no "io.max='$got' (want '$want')"
+  log "io.max: $got"
+}
+
+t_rt_delete_removes_cgroup() {
+  have_rt
+  b=$(mkbundle del '["sleep", "1000"]' '{"pids": {"limit": 20}}')
+  up del "$b"
+  rt delete del >/dev/null 2>&1 && no "delete of a running container succeeded without --force"
+  [ -d "$D" ] || no "failed delete removed the cgroup"
+  trace_on || true
+  rt delete --force del >/tmp/del.out 2>&1 || { down del; no "delete --force failed: $(cat /tmp/del.out)"; }
+  hits=$(trace_hits); trace_off
+  [ -d "$D" ] && no "cgroup ${D#$CG} left after delete --force"
+  rt state del >/dev/null 2>&1 && no "state still known after delete --force"
+  echo "$hits" | grep -q 'job-runtime' || no "delete --force did not write cgroup.kill (ftrace: ${hits:-no hits})"
+  # a container that exited by itself: plain delete removes its cgroup
+  b=$(mkbundle del2 '["true"]' '{"pids": {"limit": 20}}')
+  up del2 "$b"
+  wait_status del2 stopped 100 || { down del2; no "del2 not stopped"; }
+  rt delete del2 >/tmp/del2.out 2>&1 || { down del2; no "delete of stopped container failed: $(cat /tmp/del2.out)"; }
+  [ -d "$D" ] && no "cgroup ${D#$CG} left after delete of a stopped container"
+  return 0
+}
+
+# Without a pid namespace, killing init leaves the rest alive: kill --all must
+# reach every process of the cgroup (and do it through cgroup.kill).
+t_rt_kill_all() {
+  have_rt
+  b=$(mkbundle killall '["sh", "-c", "sleep 1000 & sleep 1000 & (sleep 1000 &) ; exec sleep 1000"]' '{"pids": {"limit": 50}}' "" "$NS_NOPID")
+  up killall "$b"
+  i=0; while [ $i -lt 50 ] && [ "$(cat $D/pids.current)" -lt 4 ]; do sleep 0.1; i=$((i+1)); done
+  n=$(cat $D/pids.current)
+  trace_on || true
+  rt kill --all killall KILL >/tmp/killall.out 2>&1; rc=$?
+  wait_unpopulated $D 50; pop=$?
+  hits=$(trace_hits); trace_off
+  left=$(cat $D/cgroup.procs 2>/dev/null | tr '\n' ' ')
+  down killall
+  [ $rc = 0 ] || no "kill --all exited $rc: $(cat /tmp/killall.out)"
+  [ $pop = 0 ] || no "processes left after kill --all: $left (had $n)"
+  echo "$hits" | grep -q 'job-runtime' || no "kill --all did not write cgroup.kill (ftrace: ${hits:-no hits})"
+  log "killed $n processes; $(echo "$hits" | head -1 | sed 's/^ *//')"
+}
+
+# delete --force of a container whose processes sit in a nested cgroup too
+t_rt_delete_force_nested() {
+  have_rt
+  b=$(mkbundle nest '["sh", "-c", "sleep 1000 & exec sleep 1000"]' '{"pids": {"limit": 50}}' "" "$NS_NOPID")
+  up nest "$b"
+  i=0; while [ $i -lt 50 ] && [ "$(cat $D/pids.current)" -lt 2 ]; do sleep 0.1; i=$((i+1)); done
+  init=$(st_pid nest); child=$(grep -v "^$init\$" $D/cgroup.procs | head -1)
+  mkdir $D/sub && echo "$child" >$D/sub/cgroup.procs || { down nest; no "could not move $child into a sub-cgroup"; }
+  rt delete --force nest >/tmp/nest.out 2>&1; rc=$?
+  alive=""; kill -0 "$child" 2>/dev/null && alive=yes
+  [ -d $D/sub ] && { echo 1 >$D/sub/cgroup.kill; sleep 0.2; rmdir $D/sub; }
+  [ -d $D ] && { echo 1 >$D/cgroup.kill; sleep 0.2; rmdir $D; }
+  [ -z "$alive" ] || no "process $child in nested cgroup survived delete --force"
+  [ $rc = 0 ] || no "delete --force with a nested cgroup failed: $(cat /tmp/nest.out)"
+}
+
+# Nested absolute cgroupsPath with controllers: intermediate levels get
+# subtree_control but never processes; the caller's own cgroup is never used.
+t_rt_no_internal_procs() {
+  have_rt
+  b1=$(mkbundle nip1 '["sleep", "1000"]' '{"memory": {"limit": 67108864}, "pids": {"limit": 30}, "cpu": {"quota": 50000, "period": 100000}}' /v2lane-nest/mid/nip1)
+  b2=$(mkbundle nip2 '["sleep", "1000"]' '{"memory": {"limit": 67108864}, "pids": {"limit": 30}}')
+  b3=$(mkbundle nip3 '["sleep", "1000"]' '{"memory": {"limit": 67108864}}' nip3-relative)
+  ( up nip1 "$b1"; echo "$D" >/tmp/nip1.cg ) || { cat /tmp/why >/tmp/nip.err; }
+  ( up nip2 "$b2"; echo "$D" >/tmp/nip2.cg ) || { cat /tmp/why >>/tmp/nip.err; }
+  ( up nip3 "$b3"; echo "$D" >/tmp/nip3.cg ) || { cat /tmp/why >>/tmp/nip.err; }
+  bad=$(internal_procs)
+  d1=$(cat /tmp/nip1.cg 2>/dev/null); d2=$(cat /tmp/nip2.cg 2>/dev/null); d3=$(cat /tmp/nip3.cg 2>/dev/null)
+  m1=$(cat $d1/memory.max 2>/dev/null); c1=$(cat $d1/cpu.max 2>/dev/null)
+  t1=$(cat $d1/cgroup.type 2>/dev/null); t2=$(cat $d2/cgroup.type 2>/dev/null)
+  down nip1; down nip2; down nip3
+  rmdir $CG/v2lane-nest/mid $CG/v2lane-nest 2>/dev/null
+  [ -f /tmp/nip.err ] && no "$(cat /tmp/nip.err | tr '\n' ' ')"
+  [ -z "$bad" ] || no "processes in cgroups with controllers enabled: $bad"
+  [ "$d1" = "$CG/v2lane-nest/mid/nip1" ] || no "absolute cgroupsPath /v2lane-nest/mid/nip1 not honoured: ${d1#$CG}"
+  case "$d2$d3" in *lane.scope*) no "container cgroup under the caller's cgroup: ${d2#$CG} ${d3#$CG}";; esac
+  [ "$m1" = 67108864 ] || no "memory.max in nested cgroup: '$m1'"
+  [ "$c1" = "50000 100000" ] || no "cpu.max in nested cgroup: '$c1'"
+  [ "$t1" = domain ] && [ "$t2" = domain ] || no "cgroup.type: nip1=$t1 nip2=$t2 (want domain)"
+  log "nip1=${d1#$CG} nip2=${d2#$CG} nip3=${d3#$CG}"
+}
+
+# `job-runtime spec` (user namespace, cgroup namespace, read-only root) plus a
+# memory limit: the secure default must work on v2 as well.
+t_rt_default_spec() {
+  have_rt
+  b=$(mkbundle dspec '["true"]'); rm -f "$b/config.json"
+  (cd "$b" && rt spec) >/tmp/dspec.out 2>&1 || no "spec failed: $(cat /tmp/dspec.out)"
+  [ -f "$b/config.json" ] || no "spec wrote no config.json"
+  j=$(tr -d '\n' <"$b/config.json" | sed \
+      -e 's/"args": *\[[^]]*\]/"args": ["dd", "if=\/dev\/zero", "of=\/dev\/null", "bs=104857600", "count=1"]/' \
+      -e 's/"terminal": *true/"terminal": false/')
+  case "$j" in
+    *'"resources": {'*|*'"resources":{'*) j=$(echo "$j" | sed 's/"resources": *{/"resources": {"memory": {"limit": 33554432},/') ;;
+    *) j=$(echo "$j" | sed 's/"linux": *{/"linux": {"resources": {"memory": {"limit": 33554432}},/') ;;
+  esac
+  echo "$j" >"$b/config.json"
+  out=$(rt run -b "$b" dspec 2>&1 </dev/null); rc=$?
+  down dspec
+  [ $rc = 137 ] || no "default spec + 32M limit, 100M allocation: exit $rc (want 137): $out"
+  grep -q '"user"' "$b/config.json" && log "spec has a user namespace" || log "spec has no user namespace"
+}
+
+# Stats read back in the units v1 uses: bytes for memory, nanoseconds for CPU
+# (v2 files are usage_usec = microseconds), a plain count for pids.
+t_rt_stats() {
+  have_rt
+  b=$(mkbundle stats '["sh", "-c", "sleep 1000 & while :; do :; done"]' '{"memory": {"limit": 67108864}, "pids": {"limit": 20}, "cpu": {"quota": 50000, "period": 100000}}')
+  up stats "$b"
+  sleep 2
+  rt events --stats stats >/tmp/stats.json 2>&1; rc=$?
+  u=$(kv $D/cpu.stat usage_usec); m=$(cat $D/memory.current); p=$(cat $D/pids.current)
+  down stats
+  [ $rc = 0 ] || skip "no 'events --stats' in job-runtime: $(head -c 200 /tmp/stats.json)"
+  s=$(tr -d ' \n' </tmp/stats.json)
+  cpu=$(echo "$s" | sed -n 's/.*"cpu":{"usage":{"total":\([0-9]*\).*/\1/p')
+  mem=$(echo "$s" | sed -n 's/.*"memory":{[^}]*"usage":{[^}]*"usage":\([0-9]*\).*/\1/p')
+  [ -n "$mem" ] || mem=$(echo "$s" | sed -n 's/.*"memory":{"usage":{[^}]*"usage":\([0-9]*\).*/\1/p')
+  pc=$(echo "$s" | sed -n 's/.*"pids":{"current":\([0-9]*\).*/\1/p')
+  log "stats: cpu.total=$cpu ns (usage_usec=$u) memory=$mem (memory.current=$m) pids=$pc (pids.current=$p)"
+  [ -n "$cpu" ] && [ -n "$mem" ] && [ -n "$pc" ] || no "cannot find cpu.usage.total / memory.usage.usage / pids.current in: $(head -c 300 /tmp/stats.json)"
+  # cpu in ns: within 0.5x..2x of usage_usec*1000 (read a moment apart)
+  [ "$cpu" -ge $((u * 500)) ] && [ "$cpu" -le $((u * 2000 + 100000000)) ] || no "cpu total $cpu is not in ns (usage_usec=$u)"
+  [ "$mem" -ge $((m / 2)) ] && [ "$mem" -le $((m * 2 + 1048576)) ] || no "memory usage $mem is not bytes (memory.current=$m)"
+  [ "$pc" -ge 1 ] && [ "$pc" -le $((p + 1)) ] || no "pids current $pc vs pids.current $p"
 }
 
 # ------------------------------------------------------------------ driver
@@ -183,7 +434,9 @@ echo "+cpu +io +memory +pids" >$CG/cgroup.subtree_control
 say "v2lane guest: $(uname -r), controllers: $(cat $CG/cgroup.controllers)"
 
 for t in lane_cgroup2_mounted lane_memory_max_oom lane_pids_max lane_cgroup_kill lane_cpu_max lane_io_device \
-         rt_smoke; do
+         rt_smoke rt_enables_controllers rt_memory_oom rt_pids_max rt_cpu_max rt_io_max \
+         rt_delete_removes_cgroup rt_kill_all rt_delete_force_nested rt_no_internal_procs \
+         rt_default_spec rt_stats; do
   run_test $t
 done
 

@@ -40,6 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'log "error: command failed at line $LINENO: $BASH_COMMAND"' ERR
 
 # ---------------------------------------------------------------- host tools
 need_pkgs=()
@@ -174,7 +175,7 @@ cp "$HERE/guest-tests.sh" "$SHARE/guest-tests.sh"
 copy_with_libs() {  # copy binary $1 to sysroot/usr/local/bin with its ldd closure at the same paths
   local bin="$1" lib
   cp "$bin" "$SHARE/sysroot/usr/local/bin/"
-  ldd "$bin" 2>/dev/null | grep -oE '(/[^ ]+)' | while read -r lib; do
+  { ldd "$bin" 2>/dev/null || true; } | { grep -oE '(/[^ ]+)' || true; } | while read -r lib; do
     [[ -e "$lib" ]] || continue
     mkdir -p "$SHARE/sysroot$(dirname "$lib")"
     cp -L "$lib" "$SHARE/sysroot$lib"
