@@ -196,6 +196,7 @@ truncate -s 64M "$WORK/disk.img"
 # ---------------------------------------------------------------- boot
 log "booting $KREL (timeout ${TIMEOUT}s)"
 CONSOLE="$WORK/console.log"
+trap - ERR
 set +e
 timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
   -accel tcg -cpu max -m 1024 -smp 2 \
