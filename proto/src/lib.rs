@@ -1,1 +1,11 @@
-//! The `jobworker.v1` gRPC API (generated with protox + tonic-prost-build).
+//! The `jobworker.v1` gRPC API: messages, the `JobService` server trait and its client.
+//!
+//! Generated at build time from `jobworker/v1/jobs.proto` with protox and tonic-prost-build.
+
+/// Package `jobworker.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("jobworker.v1");
+}
+
+pub use v1::*;
