@@ -116,6 +116,14 @@ t_lane_io_device() {
   log "vda is $dev"
 }
 
+t_lane_overlay() {
+  grep -qw overlay /proc/filesystems || no "no overlay filesystem in the guest"
+  m=/tmp/ovl; mkdir -p $m/l $m/u $m/w $m/m; echo low >$m/l/f
+  mount -t overlay overlay -o lowerdir=$m/l,upperdir=$m/u,workdir=$m/w $m/m || no "overlay mount failed"
+  echo up >$m/m/f; r=$(cat $m/l/f); umount $m/m; rm -rf $m
+  [ "$r" = low ] || no "overlay wrote through to lowerdir"
+}
+
 # ------------------------------------------------------------------ job-runtime tests
 have_rt() { [ -x $RT ] || skip "job-runtime not provided (lane-only run)"; }
 rt() { $RT --root $RTROOT "$@"; }
@@ -433,7 +441,7 @@ echo $$ >$LANE_CG/cgroup.procs
 echo "+cpu +io +memory +pids" >$CG/cgroup.subtree_control
 say "v2lane guest: $(uname -r), controllers: $(cat $CG/cgroup.controllers)"
 
-for t in lane_cgroup2_mounted lane_memory_max_oom lane_pids_max lane_cgroup_kill lane_cpu_max lane_io_device \
+for t in lane_cgroup2_mounted lane_memory_max_oom lane_pids_max lane_cgroup_kill lane_cpu_max lane_io_device lane_overlay \
          rt_smoke rt_enables_controllers rt_memory_oom rt_pids_max rt_cpu_max rt_io_max \
          rt_delete_removes_cgroup rt_kill_all rt_delete_force_nested rt_no_internal_procs \
          rt_default_spec rt_stats; do

@@ -23,8 +23,8 @@ BIN_DIR="${V2LANE_BIN_DIR:-$REPO/target/release}"
 TIMEOUT="${V2LANE_TIMEOUT:-600}"
 LANE_ONLY="${V2LANE_LANE_ONLY:-0}"
 # Bump when the set of modules or the initramfs recipe changes (invalidates the cache).
-RECIPE=3
-MODULES_WANTED=(9p 9pnet_virtio virtio_pci virtio_blk)
+RECIPE=4
+MODULES_WANTED=(9p 9pnet_virtio virtio_pci virtio_blk overlay)
 
 log() { printf 'v2-lane: %s\n' "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
@@ -113,6 +113,8 @@ prepare_kernel() {
   printf '%s\n' "${order[@]}" >"$stage/modules/order"
   rm -rf "$KDIR"; mv "$stage" "$KDIR"
   rm -rf "$tmp"
+  # drop older kernels/recipes from the cache
+  find "$CACHE" -mindepth 1 -maxdepth 1 -name 'linux-image-*' ! -path "$KDIR" -exec rm -rf {} + 2>/dev/null || true
   log "kernel cached in $KDIR (modules: ${order[*]})"
 }
 [[ -f "$KDIR/vmlinuz" && -f "$KDIR/modules/order" ]] || prepare_kernel
