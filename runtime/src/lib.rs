@@ -1,1 +1,18 @@
-//! jobworker runtime
+//! jobworker's OCI runtime: a container from a bundle, in real namespaces and cgroups.
+//!
+//! The path of a container start reads top to bottom: [`spec`] loads and checks the bundle,
+//! [`container::create`] makes the state directory and cgroup, [`launch`] clones the child into
+//! its [`namespaces`] and speaks the [`handshake`] with it, and [`init`] (inside job-init) builds
+//! the container's filesystem with [`mounts`], sets [`process`] identity and limits, and execs.
+
+pub mod cgroups;
+pub mod container;
+pub mod handshake;
+pub mod init;
+pub mod launch;
+pub mod logging;
+pub mod mounts;
+pub mod namespaces;
+pub mod process;
+pub mod spec;
+pub mod state;

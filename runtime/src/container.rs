@@ -1,0 +1,442 @@
+//! The OCI lifecycle on top of the other modules: create, start, state, kill, delete, pause,
+//! resume, ps, list. This is the library API that `job-runtime` and jobd both use.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcgroups::stats::Stats;
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+
+use crate::cgroups::{self, Cgroup, CgroupError};
+use crate::launch::{self, LaunchError, LaunchRequest};
+use crate::mounts::errno_text;
+use crate::spec::{self, SpecError};
+use crate::state::{self, State, StateError, Status, CONFIG_FILE, FIFO_FILE, OCI_VERSION};
+
+pub const DEFAULT_ROOT: &str = "/run/job-runtime";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("{op} {path}: {reason}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot {op} container {id}: it is {status}{hint}")]
+    WrongStatus {
+        op: &'static str,
+        id: String,
+        status: Status,
+        hint: &'static str,
+    },
+    #[error("start container {id}: its init process is gone")]
+    InitGone { id: String },
+    #[error("signal {signal} to container {id}: {reason}")]
+    Signal {
+        id: String,
+        signal: Signal,
+        reason: String,
+    },
+    #[error("process.terminal is true but {0}")]
+    Terminal(&'static str),
+}
+
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
+    move |e| ContainerError::Io {
+        op,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// What `create` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// State root; each container gets `ROOT/ID`.
+    pub root: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: u32,
+    pub systemd_cgroup: bool,
+    /// stdin, stdout, stderr for the container; `None` keeps the caller's.
+    pub stdio: Option<[RawFd; 3]>,
+    /// job-init to exec; `None` looks next to the running executable.
+    pub init_path: Option<PathBuf>,
+}
+
+impl CreateOptions {
+    pub fn new(id: &str, bundle: &Path, root: &Path) -> CreateOptions {
+        CreateOptions {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            root: root.to_path_buf(),
+            pid_file: None,
+            console_socket: None,
+            preserve_fds: 0,
+            systemd_cgroup: false,
+            stdio: None,
+            init_path: None,
+        }
+    }
+}
+
+/// A container known to the runtime, with its state as last refreshed.
+#[derive(Debug)]
+pub struct Container {
+    dir: PathBuf,
+    state: State,
+}
+
+/// Removes what a failed `create` made, unless disarmed.
+struct CreateGuard<'a> {
+    dir: &'a Path,
+    cgroup: Option<&'a Cgroup>,
+    armed: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(cg) = self.cgroup {
+            if let Err(e) = cg.destroy() {
+                tracing::warn!("cleanup after failed create: {e}");
+            }
+        }
+        let _ = fs::remove_dir_all(self.dir);
+    }
+}
+
+fn mkdir_mode(path: &Path, mode: u32, recursive: bool) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(recursive)
+        .mode(mode)
+        .create(path)
+}
+
+/// Creates a container: its init is set up, in its cgroup, and waiting for `start`.
+pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
+    spec::validate_id(&opts.id)?;
+    let loaded = spec::load(&opts.bundle)?;
+    let process = loaded.spec.process().as_ref().expect("validated");
+    if process.terminal() == Some(true) {
+        return Err(ContainerError::Terminal(
+            "terminals are not supported yet; set process.terminal to false",
+        ));
+    }
+    let linux = loaded.spec.linux().as_ref().expect("validated");
+    let cgroup_path = cgroups::resolve_path(
+        linux.cgroups_path().as_deref(),
+        &opts.id,
+        opts.systemd_cgroup,
+    )?;
+    let cgroup = Cgroup::open(&cgroup_path, opts.systemd_cgroup, &opts.id)?;
+    cgroup.ensure_new()?;
+    let init_path = match &opts.init_path {
+        Some(p) => p.clone(),
+        None => launch::default_init_path()?,
+    };
+
+    mkdir_mode(&opts.root, 0o711, true).map_err(io_err("create state root", &opts.root))?;
+    let dir = opts.root.join(&opts.id);
+    match mkdir_mode(&dir, 0o711, false) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(ContainerError::Exists(opts.id.clone()))
+        }
+        Err(e) => return Err(io_err("create state dir", &dir)(e)),
+    }
+    let mut guard = CreateGuard {
+        dir: &dir,
+        cgroup: Some(&cgroup),
+        armed: true,
+    };
+    // The spec as created is frozen here: later edits of the bundle's config.json change nothing.
+    spec::save_pretty(&loaded.spec, &dir.join(CONFIG_FILE))?;
+    let fifo_path = dir.join(FIFO_FILE);
+    nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600)).map_err(|e| {
+        ContainerError::Io {
+            op: "create exec fifo",
+            path: fifo_path.clone(),
+            reason: errno_text(e),
+        }
+    })?;
+    // Read-write so the open never blocks; job-init reads from its copy until start writes.
+    let fifo: OwnedFd = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&fifo_path)
+        .map_err(io_err("open exec fifo", &fifo_path))?
+        .into();
+
+    let pid = launch::launch(&LaunchRequest {
+        loaded: &loaded,
+        cgroup: &cgroup,
+        fifo: &fifo,
+        preserve_fds: opts.preserve_fds,
+        stdio: opts.stdio,
+        init_path: &init_path,
+    })?;
+    drop(fifo);
+    let pid_start_time = state::proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
+    let state = State {
+        oci_version: OCI_VERSION.into(),
+        id: opts.id.clone(),
+        status: Status::Created,
+        pid,
+        bundle: loaded.bundle.clone(),
+        rootfs: loaded.rootfs.clone(),
+        annotations: loaded.spec.annotations().clone().unwrap_or_default(),
+        created: state::rfc3339_now(),
+        owner: String::new(),
+        pid_start_time,
+        cgroup_path,
+        systemd_cgroup: opts.systemd_cgroup,
+    };
+    let result = state
+        .save(&dir)
+        .map_err(ContainerError::from)
+        .and_then(|()| match &opts.pid_file {
+            Some(p) => spec::write_atomic(p, pid.to_string().as_bytes())
+                .map_err(io_err("write pid file", p)),
+            None => Ok(()),
+        });
+    if let Err(e) = result {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        return Err(e);
+    }
+    guard.armed = false;
+    drop(guard);
+    Ok(Container { dir, state })
+}
+
+impl Container {
+    /// Loads a container's state and refreshes its status from the kernel.
+    pub fn load(root: &Path, id: &str) -> Result<Container, ContainerError> {
+        spec::validate_id(id)?;
+        let dir = root.join(id);
+        let state = State::load(&dir, id)?;
+        let mut c = Container { dir, state };
+        c.refresh();
+        Ok(c)
+    }
+
+    fn refresh(&mut self) {
+        if self.state.status == Status::Stopped {
+            return;
+        }
+        self.state.status = if !state::is_alive(self.state.pid, self.state.pid_start_time) {
+            Status::Stopped
+        } else if self.cgroup().map(|c| c.is_frozen()).unwrap_or(false) {
+            Status::Paused
+        } else if self.dir.join(FIFO_FILE).exists() {
+            Status::Created
+        } else {
+            Status::Running
+        };
+    }
+
+    pub fn id(&self) -> &str {
+        &self.state.id
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.state.pid
+    }
+
+    pub fn status(&self) -> Status {
+        self.state.status
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn cgroup(&self) -> Result<Cgroup, ContainerError> {
+        Ok(Cgroup::open(
+            &self.state.cgroup_path,
+            false,
+            &self.state.id,
+        )?)
+    }
+
+    fn wrong_status(&self, op: &'static str, hint: &'static str) -> ContainerError {
+        ContainerError::WrongStatus {
+            op,
+            id: self.state.id.clone(),
+            status: self.state.status,
+            hint,
+        }
+    }
+
+    /// Lets the container's process run: writes the byte job-init waits for.
+    pub fn start(&mut self) -> Result<(), ContainerError> {
+        if self.state.status != Status::Created {
+            return Err(self.wrong_status("start", ", not created"));
+        }
+        let fifo_path = self.dir.join(FIFO_FILE);
+        // Non-blocking: with nobody reading, this fails (ENXIO) instead of hanging.
+        let mut fifo = match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&fifo_path)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(ContainerError::InitGone {
+                    id: self.state.id.clone(),
+                })
+            }
+            Err(e) => return Err(io_err("open exec fifo", &fifo_path)(e)),
+        };
+        fifo.write_all(b"0")
+            .map_err(io_err("write exec fifo", &fifo_path))?;
+        drop(fifo);
+        fs::remove_file(&fifo_path).map_err(io_err("remove exec fifo", &fifo_path))?;
+        self.state.status = Status::Running;
+        self.state.save(&self.dir)?;
+        Ok(())
+    }
+
+    /// Sends `signal` to the init process, or with `all` to every process in the cgroup.
+    pub fn kill(&self, signal: Signal, all: bool) -> Result<(), ContainerError> {
+        if self.state.status == Status::Stopped {
+            return Err(self.wrong_status("kill", ""));
+        }
+        if all {
+            return Ok(self.cgroup()?.signal_all(signal)?);
+        }
+        kill(Pid::from_raw(self.state.pid), signal).map_err(|e| ContainerError::Signal {
+            id: self.state.id.clone(),
+            signal,
+            reason: errno_text(e),
+        })
+    }
+
+    pub fn pause(&mut self) -> Result<(), ContainerError> {
+        if self.state.status != Status::Running {
+            return Err(self.wrong_status("pause", ", not running"));
+        }
+        self.cgroup()?.freeze()?;
+        self.state.status = Status::Paused;
+        Ok(())
+    }
+
+    pub fn resume(&mut self) -> Result<(), ContainerError> {
+        if self.state.status != Status::Paused {
+            return Err(self.wrong_status("resume", ", not paused"));
+        }
+        self.cgroup()?.thaw()?;
+        self.state.status = Status::Running;
+        Ok(())
+    }
+
+    /// Pids of every process in the container's cgroup, as the host sees them.
+    pub fn pids(&self) -> Result<Vec<i32>, ContainerError> {
+        Ok(self.cgroup()?.pids()?)
+    }
+
+    pub fn stats(&self) -> Result<Stats, ContainerError> {
+        Ok(self.cgroup()?.stats()?)
+    }
+
+    /// Removes a stopped container: its cgroup and state directory. With `force` a created,
+    /// running or paused one is killed first (everything in its cgroup).
+    pub fn delete(mut self, force: bool) -> Result<(), ContainerError> {
+        if self.state.status != Status::Stopped {
+            if !force {
+                return Err(self.wrong_status("delete", "; stop it first or use --force"));
+            }
+            let cgroup = self.cgroup()?;
+            cgroup.signal_all(Signal::SIGKILL)?;
+            let _ = kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+            wait_gone(
+                self.state.pid,
+                self.state.pid_start_time,
+                Duration::from_secs(10),
+            );
+            self.state.status = Status::Stopped;
+        }
+        self.cgroup()?.destroy()?;
+        fs::remove_dir_all(&self.dir).map_err(io_err("remove state dir", &self.dir))
+    }
+}
+
+/// Waits, bounded, until `pid` has exited; works for processes that are not our children.
+pub fn wait_gone(pid: i32, start_time: u64, limit: Duration) {
+    let start = Instant::now();
+    if let Some(fd) = pidfd_open(pid) {
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+        loop {
+            match nix::poll::poll(&mut fds, ms) {
+                Err(Errno::EINTR) => continue,
+                _ => return,
+            }
+        }
+    }
+    let mut pause = Duration::from_micros(100);
+    while state::is_alive(pid, start_time) && start.elapsed() < limit {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
+/// Every container under `root`, in name order; unreadable entries are skipped with a warning.
+pub fn list(root: &Path) -> Result<Vec<Container>, ContainerError> {
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("read state root", root)(e)),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        match Container::load(root, &name) {
+            Ok(c) => out.push(c),
+            Err(e) => tracing::warn!("skip {name}: {e}"),
+        }
+    }
+    Ok(out)
+}

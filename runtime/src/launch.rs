@@ -1,0 +1,441 @@
+//! The parent's half of starting a container: clone a child straight into its namespaces, let
+//! it exec job-init, write its id maps, put it in its cgroup with its limits, then hand it its
+//! configuration and wait for "ready" or a failure message.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxIdMapping;
+
+use crate::cgroups::{Cgroup, CgroupError};
+use crate::handshake::{
+    raw_errno_frame, Channel, FromInit, HandshakeError, InitConfig, PreExecStep, Received, ToInit,
+    INIT_FD_ENV,
+};
+use crate::mounts::errno_text;
+use crate::namespaces::{self, NamespaceError};
+use crate::spec::LoadedSpec;
+
+/// Environment variable naming the job-init binary; by default it sits next to the running
+/// executable (`job-runtime` or `jobd`).
+pub const INIT_PATH_ENV: &str = "JOB_RUNTIME_INIT";
+/// Environment variable that tells job-init which fd is the exec fifo.
+pub const FIFO_FD_ENV: &str = "_JOB_INIT_FIFO_FD";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "job-init not found at {path} (install it next to job-runtime or set {INIT_PATH_ENV})"
+    )]
+    NoInit { path: PathBuf },
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("clone container process: {0}")]
+    Clone(String),
+    #[error("write {file} for pid {pid}: {reason}")]
+    IdMap {
+        file: &'static str,
+        pid: i32,
+        reason: String,
+    },
+    #[error("container process failed to {step}: {reason}")]
+    PreExec { step: &'static str, reason: String },
+    /// job-init's own message, already naming what failed.
+    #[error("{0}")]
+    Init(String),
+    #[error("container process exited before it was ready ({0})")]
+    Died(String),
+    #[error("{what}: {reason}")]
+    Setup { what: &'static str, reason: String },
+}
+
+/// What [`launch`] needs beyond the spec.
+pub struct LaunchRequest<'a> {
+    pub loaded: &'a LoadedSpec,
+    pub cgroup: &'a Cgroup,
+    /// The exec fifo, opened read-write by the caller; job-init blocks reading it.
+    pub fifo: &'a OwnedFd,
+    pub preserve_fds: u32,
+    /// stdin, stdout, stderr for the container; `None` keeps the caller's.
+    pub stdio: Option<[RawFd; 3]>,
+    pub init_path: &'a Path,
+}
+
+/// The job-init binary to exec: `$JOB_RUNTIME_INIT`, or `job-init` next to this executable.
+pub fn default_init_path() -> Result<PathBuf, LaunchError> {
+    let path = match std::env::var_os(INIT_PATH_ENV) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("job-init")))
+            .unwrap_or_else(|| PathBuf::from("job-init")),
+    };
+    if !path.is_file() {
+        return Err(LaunchError::NoInit { path });
+    }
+    Ok(path)
+}
+
+/// Starts the container's init and returns its pid once it is set up and waiting for `start`.
+/// On failure the child is killed and reaped; the caller removes the cgroup.
+pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
+    let spec = &req.loaded.spec;
+    let linux = spec.linux().as_ref().expect("validated: linux is present");
+    let plan = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())?;
+
+    let (mut channel, child_end) = Channel::pair()?;
+    // Both fds the child keeps must sit above the preserved ones, which job-init leaves open.
+    let floor = 3 + req.preserve_fds as RawFd;
+    let child_end = dup_above(&child_end, floor)?;
+    let fifo = dup_above(req.fifo, floor)?;
+
+    let exec = ExecImage::new(req.init_path, child_end.as_raw_fd(), fifo.as_raw_fd())?;
+    let joins: Vec<(RawFd, CloneFlags)> = plan
+        .join
+        .iter()
+        .map(|j| (j.fd.as_raw_fd(), namespaces::clone_flag(j.kind)))
+        .collect();
+
+    let pid = {
+        let _pid_ns = match &plan.join_pid {
+            Some(fd) => Some(PidNsGuard::enter(fd)?),
+            None => None,
+        };
+        match clone_child(plan.clone_flags)? {
+            Forked::Child => child_main(
+                plan.new_user,
+                &joins,
+                req.stdio,
+                child_end.as_raw_fd(),
+                fifo.as_raw_fd(),
+                &exec,
+            ),
+            Forked::Parent(pid) => pid,
+        }
+    };
+    drop(child_end);
+    drop(fifo);
+
+    let result = parent_handshake(req, &plan, pid, &mut channel);
+    if result.is_err() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(pid), None);
+    }
+    result.map(|()| pid)
+}
+
+fn parent_handshake(
+    req: &LaunchRequest,
+    plan: &namespaces::NamespacePlan,
+    pid: i32,
+    channel: &mut Channel,
+) -> Result<(), LaunchError> {
+    let spec = &req.loaded.spec;
+    let linux = spec.linux().as_ref().expect("validated: linux is present");
+    if plan.new_user {
+        write_id_map(
+            pid,
+            "uid_map",
+            linux.uid_mappings().as_deref().unwrap_or_default(),
+        )?;
+        write_id_map(
+            pid,
+            "gid_map",
+            linux.gid_mappings().as_deref().unwrap_or_default(),
+        )?;
+    }
+    // The child is blocked on the handshake read: it is in its cgroup, with its limits in
+    // force, before it even execs job-init.
+    req.cgroup.add_task(pid)?;
+    if let Some(resources) = linux.resources() {
+        req.cgroup.apply(resources)?;
+    }
+    if let Err(e) = channel.send_go() {
+        return Err(died_or(pid, channel, e));
+    }
+    let config = InitConfig {
+        spec: spec.clone(),
+        rootfs: req.loaded.rootfs.clone(),
+        preserve_fds: req.preserve_fds,
+        new_userns: plan.new_user,
+        new_netns: plan.new_net,
+        new_cgroupns: plan.new_cgroup,
+        cgroup_mount: Some(req.cgroup.mount_plan()),
+    };
+    if let Err(e) = channel.send(&ToInit::Setup(Box::new(config))) {
+        return Err(died_or(pid, channel, e));
+    }
+    match channel.recv::<FromInit>()? {
+        Received::Message(FromInit::Ready) => Ok(()),
+        Received::Message(FromInit::Failed(msg)) => Err(LaunchError::Init(msg)),
+        Received::PreExec { step, errno } => Err(pre_exec_error(step, errno)),
+        Received::Eof => Err(LaunchError::Died(exit_text(pid))),
+    }
+}
+
+/// A send failure usually means the child is gone: prefer what it said before dying.
+fn died_or(pid: i32, channel: &mut Channel, fallback: HandshakeError) -> LaunchError {
+    match channel.recv::<FromInit>() {
+        Ok(Received::PreExec { step, errno }) => pre_exec_error(step, errno),
+        Ok(Received::Message(FromInit::Failed(msg))) => LaunchError::Init(msg),
+        Ok(Received::Eof) => LaunchError::Died(exit_text(pid)),
+        _ => fallback.into(),
+    }
+}
+
+fn pre_exec_error(step: u32, errno: i32) -> LaunchError {
+    LaunchError::PreExec {
+        step: PreExecStep::from_u32(step).map_or("start", PreExecStep::describe),
+        reason: errno_text(Errno::from_raw(errno)),
+    }
+}
+
+fn exit_text(pid: i32) -> String {
+    match waitpid(Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
+        Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("wait: {}", errno_text(e)),
+    }
+}
+
+fn write_id_map(pid: i32, file: &'static str, maps: &[LinuxIdMapping]) -> Result<(), LaunchError> {
+    let text: String = maps
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+        .collect();
+    std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|e| LaunchError::IdMap {
+        file,
+        pid,
+        reason: e.to_string(),
+    })
+}
+
+fn dup_above(fd: &OwnedFd, floor: RawFd) -> Result<OwnedFd, LaunchError> {
+    let new = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(floor))
+        .map_err(|e| LaunchError::Setup {
+            what: "duplicate fd",
+            reason: errno_text(e),
+        })?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Everything `execve` of job-init needs, built before the clone so the child never allocates.
+struct ExecImage {
+    path: CString,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+impl ExecImage {
+    fn new(init: &Path, sock: RawFd, fifo: RawFd) -> Result<ExecImage, LaunchError> {
+        let path =
+            CString::new(init.as_os_str().as_encoded_bytes()).map_err(|_| LaunchError::NoInit {
+                path: init.to_path_buf(),
+            })?;
+        let argv = vec![CString::from(c"job-init")];
+        let mut envp = vec![
+            CString::new(format!("{INIT_FD_ENV}={sock}")).expect("no NUL"),
+            CString::new(format!("{FIFO_FD_ENV}={fifo}")).expect("no NUL"),
+        ];
+        if let Ok(v) = std::env::var("RUST_BACKTRACE") {
+            if let Ok(c) = CString::new(format!("RUST_BACKTRACE={v}")) {
+                envp.push(c);
+            }
+        }
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        Ok(ExecImage {
+            argv_ptrs: ptrs(&argv),
+            envp_ptrs: ptrs(&envp),
+            path,
+            _argv: argv,
+            _envp: envp,
+        })
+    }
+
+    fn path(&self) -> &CStr {
+        &self.path
+    }
+}
+
+/// Enters a pid namespace for this thread's future children, and returns to ours on drop.
+struct PidNsGuard {
+    own: OwnedFd,
+}
+
+impl PidNsGuard {
+    fn enter(target: &OwnedFd) -> Result<PidNsGuard, LaunchError> {
+        let own = std::fs::File::open("/proc/thread-self/ns/pid_for_children")
+            .or_else(|_| std::fs::File::open("/proc/self/ns/pid"))
+            .map_err(|e| LaunchError::Setup {
+                what: "open own pid namespace",
+                reason: e.to_string(),
+            })?;
+        setns(target, CloneFlags::CLONE_NEWPID).map_err(|e| LaunchError::Setup {
+            what: "join pid namespace",
+            reason: errno_text(e),
+        })?;
+        Ok(PidNsGuard { own: own.into() })
+    }
+}
+
+impl Drop for PidNsGuard {
+    fn drop(&mut self) {
+        let _ = setns(&self.own, CloneFlags::CLONE_NEWPID);
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Which side of [`clone_child`] we are on.
+enum Forked {
+    /// The new process: it may only make raw syscalls until it execs or exits.
+    Child,
+    Parent(i32),
+}
+
+/// Forks a child into new namespaces with fork semantics: the child continues on a copy of
+/// our stack.
+fn clone_child(flags: CloneFlags) -> Result<Forked, LaunchError> {
+    let args = CloneArgs {
+        flags: flags.bits() as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 with no stack behaves like fork: the child gets a copy of our address
+    // space and returns 0 here. The caller then runs `child_main`, which only issues raw
+    // syscalls and ends in execve or _exit, so no lock or allocator state of other threads
+    // is touched.
+    let mut ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret == -1 && Errno::last() == Errno::ENOSYS {
+        // SAFETY: as above, with the older clone(2) and a null stack (fork semantics).
+        ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+    }
+    match ret {
+        -1 => Err(LaunchError::Clone(errno_text(Errno::last()))),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as i32)),
+    }
+}
+
+/// The clone child before job-init: join namespaces given by path, wire up stdio, exec.
+/// Async-signal-safe only: no allocation, no locks, no Rust std I/O.
+fn child_main(
+    become_root: bool,
+    joins: &[(RawFd, CloneFlags)],
+    stdio: Option<[RawFd; 3]>,
+    sock: RawFd,
+    fifo: RawFd,
+    exec: &ExecImage,
+) -> ! {
+    for (fd, flag) in joins {
+        // SAFETY: setns on an fd we opened; a raw syscall with integer arguments.
+        if unsafe { libc::setns(*fd, flag.bits()) } != 0 {
+            fail(sock, PreExecStep::JoinNamespace);
+        }
+    }
+    if let Some(fds) = stdio {
+        for (target, fd) in fds.iter().enumerate() {
+            let target = target as RawFd;
+            // SAFETY: dup2/fcntl on fds we were given; raw syscalls with integer arguments.
+            let ok = unsafe {
+                if *fd == target {
+                    libc::fcntl(target, libc::F_SETFD, 0) == 0
+                } else {
+                    libc::dup2(*fd, target) == target
+                }
+            };
+            if !ok {
+                fail(sock, PreExecStep::Stdio);
+            }
+        }
+    }
+    // Exec only once the parent has written our id maps: an exec while our uid is still
+    // unmapped would leave job-init without capabilities in its user namespace.
+    let mut go = [0u8; 1];
+    // SAFETY: a raw read into a stack buffer from our own fd.
+    if unsafe { libc::read(sock, go.as_mut_ptr().cast(), 1) } != 1 {
+        fail(sock, PreExecStep::WaitGo);
+    }
+    // Our kernel ids are still the caller's, which the new map does not cover; becoming id 0
+    // of the namespace makes the exec below keep full capabilities inside it.
+    // SAFETY: raw syscalls with integer arguments.
+    if become_root && unsafe { libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
+        fail(sock, PreExecStep::BecomeRoot);
+    }
+    for fd in [sock, fifo] {
+        // SAFETY: clears close-on-exec on our own fds so job-init inherits them.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+            fail(sock, PreExecStep::KeepSocket);
+        }
+    }
+    // SAFETY: all pointers come from `exec`, which outlives this call and holds
+    // NUL-terminated strings and NULL-terminated pointer arrays.
+    unsafe {
+        libc::execve(
+            exec.path().as_ptr(),
+            exec.argv_ptrs.as_ptr(),
+            exec.envp_ptrs.as_ptr(),
+        )
+    };
+    fail(sock, PreExecStep::Exec)
+}
+
+/// Reports errno for `step` to the parent and exits; async-signal-safe.
+fn fail(sock: RawFd, step: PreExecStep) -> ! {
+    // SAFETY: reads this thread's errno location.
+    let errno = unsafe { *libc::__errno_location() };
+    let frame = raw_errno_frame(step, errno);
+    // SAFETY: writes a stack buffer to our fd, then exits without running any Rust code.
+    unsafe {
+        libc::write(sock, frame.as_ptr().cast(), frame.len());
+        libc::_exit(1)
+    }
+}

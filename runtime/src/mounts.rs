@@ -1,0 +1,729 @@
+//! The container's filesystem: the rootfs bind, the spec's mounts, `/dev`, `pivot_root` and the
+//! read-only root. Runs inside job-init, in the container's mount namespace.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{symlink, DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{chdir, fchdir, pivot_root};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
+
+use crate::handshake::CgroupMount;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount {dest}: {reason}")]
+    Mount { dest: String, reason: String },
+    #[error("{op} {path}: {reason}")]
+    Path {
+        op: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("path {path} in the container resolves through too many symlinks")]
+    SymlinkLoop { path: PathBuf },
+    #[error("pivot_root into {rootfs}: {reason}")]
+    Pivot { rootfs: PathBuf, reason: String },
+    #[error("invalid rootfsPropagation {0:?}: expected shared, slave, private or unbindable (optionally r-prefixed)")]
+    Propagation(String),
+}
+
+/// A lowercase errno description, as messages in this project read: `permission denied`.
+pub fn errno_text(e: Errno) -> String {
+    let desc = e.desc();
+    let mut c = desc.chars();
+    match c.next() {
+        Some(first) => first.to_lowercase().chain(c).collect(),
+        None => format!("errno {}", e as i32),
+    }
+}
+
+fn io_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => errno_text(Errno::from_raw(n)),
+        None => e.to_string(),
+    }
+}
+
+/// A spec mount's options split into what `mount(2)` needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    pub propagation: MsFlags,
+    pub data: Vec<String>,
+    pub bind: bool,
+    pub recursive: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            flags: MsFlags::empty(),
+            propagation: MsFlags::empty(),
+            data: Vec::new(),
+            bind: false,
+            recursive: false,
+        }
+    }
+}
+
+fn propagation_flag(opt: &str) -> Option<MsFlags> {
+    Some(match opt {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Parses `rootfsPropagation` (default: rslave, so host mount events reach the container but
+/// none of the container's reach the host).
+pub fn root_propagation(value: Option<&str>) -> Result<MsFlags, MountError> {
+    match value {
+        None | Some("") => Ok(MsFlags::MS_SLAVE | MsFlags::MS_REC),
+        Some(v) => propagation_flag(v)
+            .map(|f| f | MsFlags::MS_REC)
+            .ok_or_else(|| MountError::Propagation(v.to_string())),
+    }
+}
+
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut o = MountOptions::default();
+    for opt in options {
+        let (set, clear) = match opt.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "bind" => {
+                o.bind = true;
+                continue;
+            }
+            "rbind" => {
+                o.bind = true;
+                o.recursive = true;
+                continue;
+            }
+            // Copy-up of the image's content into a tmpfs is a podman hint we do not need.
+            "tmpcopyup" | "defaults" => continue,
+            other => {
+                if let Some(p) = propagation_flag(other) {
+                    o.propagation |= p;
+                } else {
+                    o.data.push(other.to_string());
+                }
+                continue;
+            }
+        };
+        o.flags.insert(set);
+        o.flags.remove(clear);
+    }
+    o
+}
+
+/// Resolves `path` as seen from inside `root`, following symlinks the way the container
+/// would, but never leaving `root` (`..` stops at root, absolute links restart at root).
+pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, MountError> {
+    let mut queue: VecDeque<PathBuf> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(PathBuf::from(n)),
+            Component::ParentDir => Some(PathBuf::from("..")),
+            _ => None,
+        })
+        .collect();
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = queue.pop_front() {
+        if part.as_os_str() == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let full = root.join(&candidate);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(MountError::SymlinkLoop {
+                        path: path.to_path_buf(),
+                    });
+                }
+                let target = fs::read_link(&full).map_err(|e| MountError::Path {
+                    op: "readlink",
+                    path: full.clone(),
+                    reason: io_text(&e),
+                })?;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => queue.push_front(PathBuf::from(n)),
+                        Component::ParentDir => queue.push_front(PathBuf::from("..")),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+fn mount_err(dest: &Path, what: &str, e: Errno) -> MountError {
+    let reason = errno_text(e);
+    MountError::Mount {
+        dest: dest.display().to_string(),
+        reason: if what.is_empty() {
+            reason
+        } else {
+            format!("{what}: {reason}")
+        },
+    }
+}
+
+fn path_err(op: &'static str, path: &Path, e: &std::io::Error) -> MountError {
+    MountError::Path {
+        op,
+        path: path.to_path_buf(),
+        reason: io_text(e),
+    }
+}
+
+/// Makes the whole tree follow `propagation` and binds the rootfs onto itself, so it is a
+/// mount point `pivot_root` accepts.
+pub fn prepare_rootfs(rootfs: &Path, propagation: MsFlags) -> Result<(), MountError> {
+    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
+        .map_err(|e| mount_err(Path::new("/"), "set propagation", e))?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| mount_err(rootfs, "bind rootfs", e))
+}
+
+/// What a spec mount needs from the rest of the setup.
+pub struct MountContext<'a> {
+    pub rootfs: &'a Path,
+    pub new_userns: bool,
+    pub new_netns: bool,
+    pub new_cgroupns: bool,
+    pub cgroup: Option<&'a CgroupMount>,
+}
+
+/// Performs the spec's mounts in order.
+pub fn mount_all(ctx: &MountContext, mounts: &[Mount]) -> Result<(), MountError> {
+    for m in mounts {
+        mount_one(ctx, m)?;
+    }
+    Ok(())
+}
+
+fn mount_one(ctx: &MountContext, m: &Mount) -> Result<(), MountError> {
+    let dest_in = m.destination();
+    let dest = secure_join(ctx.rootfs, dest_in)?;
+    let opts = parse_options(m.options().as_deref().unwrap_or_default());
+    let typ = m
+        .typ()
+        .as_deref()
+        .unwrap_or(if opts.bind { "bind" } else { "" });
+    let bind = opts.bind || typ == "bind";
+    let show = dest_in;
+    if bind {
+        let source = m.source().as_deref().ok_or_else(|| MountError::Mount {
+            dest: show.display().to_string(),
+            reason: "a bind mount needs a source".into(),
+        })?;
+        let source = if source.is_absolute() {
+            source.to_path_buf()
+        } else {
+            // Relative bind sources are relative to the bundle, which is the cwd of create.
+            std::path::absolute(source).map_err(|e| path_err("resolve", source, &e))?
+        };
+        create_mount_point(&dest, source.is_dir() || !source.exists())?;
+        bind_mount(&source, &dest, &opts, show)?;
+    } else {
+        create_mount_point(&dest, true)?;
+        match typ {
+            "cgroup" | "cgroup2" => mount_cgroup(ctx, &dest, &opts, show)?,
+            "sysfs" => mount_sysfs(ctx, &dest, &opts, show)?,
+            _ => {
+                let data = opts.data.join(",");
+                let source = m.source().as_deref().unwrap_or(Path::new(typ));
+                mount(
+                    Some(source),
+                    &dest,
+                    Some(typ),
+                    opts.flags,
+                    (!data.is_empty()).then_some(data.as_str()),
+                )
+                .map_err(|e| mount_err(show, "", e))?;
+            }
+        }
+    }
+    if !opts.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            &dest,
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(|e| mount_err(show, "set propagation", e))?;
+    }
+    Ok(())
+}
+
+fn create_mount_point(dest: &Path, dir: bool) -> Result<(), MountError> {
+    if dest.exists() {
+        return Ok(());
+    }
+    if dir {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dest)
+            .map_err(|e| path_err("create mount point", dest, &e))
+    } else {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(|e| path_err("create mount point", parent, &e))?;
+        }
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o644)
+            .open(dest)
+            .map(drop)
+            .map_err(|e| path_err("create mount point", dest, &e))
+    }
+}
+
+/// The flags a remount must keep: in a user namespace the kernel refuses to drop nosuid,
+/// nodev, noexec or atime flags that the underlying mount has (they are locked).
+fn locked_flags(path: &Path) -> MsFlags {
+    let Ok(st) = statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (fs_flag, ms_flag) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs_flag) {
+            out |= ms_flag;
+        }
+    }
+    out
+}
+
+fn bind_mount(
+    source: &Path,
+    dest: &Path,
+    opts: &MountOptions,
+    show: &Path,
+) -> Result<(), MountError> {
+    let mut flags = MsFlags::MS_BIND;
+    if opts.recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(source), dest, None::<&str>, flags, None::<&str>)
+        .map_err(|e| mount_err(show, &format!("bind {}", source.display()), e))?;
+    // A bind ignores every flag but MS_REC; the others need a remount of the new mount.
+    let extra = opts.flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
+    if !extra.is_empty() {
+        remount_bind(dest, extra, show)?;
+    }
+    Ok(())
+}
+
+fn remount_bind(dest: &Path, flags: MsFlags, show: &Path) -> Result<(), MountError> {
+    let flags = flags | locked_flags(dest) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    mount(None::<&str>, dest, None::<&str>, flags, None::<&str>)
+        .map_err(|e| mount_err(show, "remount", e))
+}
+
+fn mount_sysfs(
+    ctx: &MountContext,
+    dest: &Path,
+    opts: &MountOptions,
+    show: &Path,
+) -> Result<(), MountError> {
+    match mount(Some("sysfs"), dest, Some("sysfs"), opts.flags, None::<&str>) {
+        Ok(()) => Ok(()),
+        // Without its own network namespace a user namespace may not mount sysfs: show the
+        // host's read-only instead, as runc does.
+        Err(Errno::EPERM) if ctx.new_userns && !ctx.new_netns => {
+            let rbind = MountOptions {
+                flags: opts.flags | MsFlags::MS_RDONLY,
+                recursive: true,
+                bind: true,
+                ..Default::default()
+            };
+            bind_mount(Path::new("/sys"), dest, &rbind, show)
+        }
+        Err(e) => Err(mount_err(show, "", e)),
+    }
+}
+
+fn mount_cgroup(
+    ctx: &MountContext,
+    dest: &Path,
+    opts: &MountOptions,
+    show: &Path,
+) -> Result<(), MountError> {
+    let Some(plan) = ctx.cgroup else {
+        return Ok(());
+    };
+    let readonly = opts.flags.contains(MsFlags::MS_RDONLY);
+    match plan {
+        CgroupMount::V2 { host_dir } => {
+            if ctx.new_cgroupns {
+                mount(
+                    Some("cgroup2"),
+                    dest,
+                    Some("cgroup2"),
+                    opts.flags,
+                    None::<&str>,
+                )
+                .map_err(|e| mount_err(show, "", e))
+            } else {
+                let bind = MountOptions {
+                    flags: opts.flags,
+                    bind: true,
+                    ..Default::default()
+                };
+                bind_mount(host_dir, dest, &bind, show)
+            }
+        }
+        CgroupMount::V1 { binds } => {
+            // v1 hierarchies cannot be mounted in a user namespace: a tmpfs holds one bind of
+            // the container's own directory per hierarchy.
+            let tmpfs_flags = opts.flags & !MsFlags::MS_RDONLY;
+            mount(
+                Some("tmpfs"),
+                dest,
+                Some("tmpfs"),
+                tmpfs_flags,
+                Some("mode=755"),
+            )
+            .map_err(|e| mount_err(show, "tmpfs", e))?;
+            let bind = MountOptions {
+                flags: opts.flags,
+                bind: true,
+                ..Default::default()
+            };
+            for (name, host_dir) in binds {
+                if !host_dir.is_dir() {
+                    continue;
+                }
+                let target = dest.join(name);
+                create_mount_point(&target, true)?;
+                bind_mount(host_dir, &target, &bind, &show.join(name))?;
+            }
+            if readonly {
+                mount(
+                    None::<&str>,
+                    dest,
+                    None::<&str>,
+                    tmpfs_flags | MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT,
+                    Some("mode=755"),
+                )
+                .map_err(|e| mount_err(show, "remount read-only", e))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The devices every container gets: (name, major, minor).
+const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Creates the default devices, the spec's devices and the standard `/dev` symlinks. In a user
+/// namespace `mknod` is not allowed, so the host's device is bind-mounted instead.
+pub fn create_devices(
+    rootfs: &Path,
+    new_userns: bool,
+    extra: &[LinuxDevice],
+) -> Result<(), MountError> {
+    let dev = secure_join(rootfs, Path::new("/dev"))?;
+    for (name, major, minor) in DEFAULT_DEVICES {
+        let target = dev.join(name);
+        if new_userns {
+            bind_device(&Path::new("/dev").join(name), &target)?;
+        } else {
+            make_node(&target, SFlag::S_IFCHR, makedev(major, minor), 0o666, 0, 0)?;
+        }
+    }
+    for d in extra {
+        let target = secure_join(rootfs, d.path())?;
+        if new_userns {
+            bind_device(d.path(), &target)?;
+            continue;
+        }
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            LinuxDeviceType::A => continue,
+        };
+        let mode = d.file_mode().unwrap_or(0o666);
+        let dev_t = makedev(d.major() as u64, d.minor() as u64);
+        make_node(
+            &target,
+            kind,
+            dev_t,
+            mode,
+            d.uid().unwrap_or(0),
+            d.gid().unwrap_or(0),
+        )?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        make_symlink(target, &dev.join(link))?;
+    }
+    if dev.join("pts").is_dir() {
+        make_symlink("pts/ptmx", &dev.join("ptmx"))?;
+    }
+    Ok(())
+}
+
+fn make_symlink(target: &str, link: &Path) -> Result<(), MountError> {
+    match symlink(target, link) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(path_err("symlink", link, &e)),
+    }
+}
+
+fn make_node(
+    target: &Path,
+    kind: SFlag,
+    dev: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<(), MountError> {
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(|e| path_err("create", parent, &e))?;
+    }
+    let _ = fs::remove_file(target);
+    mknod(target, kind, Mode::from_bits_truncate(mode), dev).map_err(|e| MountError::Path {
+        op: "mknod",
+        path: target.to_path_buf(),
+        reason: errno_text(e),
+    })?;
+    // mknod applies the umask; the spec's mode is meant exactly.
+    nix::sys::stat::fchmodat(
+        None,
+        target,
+        Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(|e| MountError::Path {
+        op: "chmod",
+        path: target.to_path_buf(),
+        reason: errno_text(e),
+    })?;
+    nix::unistd::chown(
+        target,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(|e| MountError::Path {
+        op: "chown",
+        path: target.to_path_buf(),
+        reason: errno_text(e),
+    })
+}
+
+fn bind_device(host: &Path, target: &Path) -> Result<(), MountError> {
+    let meta = fs::metadata(host).map_err(|e| path_err("stat device", host, &e))?;
+    if !(meta.file_type().is_char_device() || meta.file_type().is_block_device()) {
+        return Err(MountError::Path {
+            op: "bind device",
+            path: host.to_path_buf(),
+            reason: "not a device".into(),
+        });
+    }
+    create_mount_point(target, false)?;
+    mount(
+        Some(host),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| mount_err(target, &format!("bind {}", host.display()), e))
+}
+
+/// Makes `rootfs` the root and detaches the old root, so nothing of the host's tree stays
+/// reachable. Uses `pivot_root(".", ".")` so no directory for the old root is needed.
+pub fn pivot_into(rootfs: &Path) -> Result<(), MountError> {
+    let err = |what: &str, e: Errno| MountError::Pivot {
+        rootfs: rootfs.to_path_buf(),
+        reason: format!("{what}: {}", errno_text(e)),
+    };
+    let old_root = fs::File::open("/").map_err(|e| MountError::Pivot {
+        rootfs: rootfs.to_path_buf(),
+        reason: format!("open /: {}", io_text(&e)),
+    })?;
+    chdir(rootfs).map_err(|e| err("chdir", e))?;
+    pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
+    fchdir(std::os::fd::AsRawFd::as_raw_fd(&old_root)).map_err(|e| err("fchdir old root", e))?;
+    // The old root must not propagate its unmount back to the host.
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| err("make old root slave", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detach old root", e))?;
+    chdir("/").map_err(|e| err("chdir /", e))
+}
+
+/// Remounts the new root read-only, keeping its locked flags.
+pub fn make_root_readonly() -> Result<(), MountError> {
+    remount_bind(Path::new("/"), MsFlags::MS_RDONLY, Path::new("/"))
+}
+
+/// Sets the hostname and domain name of the container's UTS namespace.
+pub fn set_names(hostname: Option<&str>, domainname: Option<&str>) -> Result<(), MountError> {
+    if let Some(h) = hostname {
+        nix::unistd::sethostname(h).map_err(|e| MountError::Path {
+            op: "sethostname",
+            path: PathBuf::from(h),
+            reason: errno_text(e),
+        })?;
+    }
+    if let Some(d) = domainname {
+        let name = OsStr::new(d);
+        // SAFETY: setdomainname reads exactly `len` bytes from a valid slice we own.
+        let rc = unsafe { libc::setdomainname(name.as_encoded_bytes().as_ptr().cast(), d.len()) };
+        if rc != 0 {
+            return Err(MountError::Path {
+                op: "setdomainname",
+                path: PathBuf::from(d),
+                reason: errno_text(Errno::last()),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_data_and_propagation() {
+        let o = parse_options(
+            &[
+                "nosuid",
+                "noexec",
+                "mode=755",
+                "size=65536k",
+                "rbind",
+                "rslave",
+                "ro",
+            ]
+            .map(String::from),
+        );
+        assert!(o
+            .flags
+            .contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY));
+        assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
+        assert!(o.bind && o.recursive);
+        assert_eq!(o.propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        let o = parse_options(&["ro", "rw"].map(String::from));
+        assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn secure_join_stays_inside_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        symlink("/etc", root.join("a/abs")).unwrap();
+        symlink("../../../../..", root.join("a/up")).unwrap();
+        symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(
+            secure_join(root, Path::new("/a/b")).unwrap(),
+            root.join("a/b")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/a/abs/x")).unwrap(),
+            root.join("etc/x")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/a/up/etc")).unwrap(),
+            root.join("etc")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/../../x")).unwrap(),
+            root.join("x")
+        );
+        assert!(matches!(
+            secure_join(root, Path::new("/loop/x")),
+            Err(MountError::SymlinkLoop { .. })
+        ));
+    }
+
+    #[test]
+    fn propagation_values_are_checked() {
+        assert!(root_propagation(Some("rshared")).is_ok());
+        assert!(root_propagation(None).is_ok());
+        assert!(root_propagation(Some("sideways")).is_err());
+    }
+}
