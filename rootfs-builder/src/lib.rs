@@ -4,8 +4,10 @@
 
 pub mod closure;
 pub mod elf;
+pub mod extract;
 pub mod host;
 pub mod hostcopy;
+pub mod image;
 pub mod ldcache;
 pub mod output;
 pub mod python;

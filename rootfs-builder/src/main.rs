@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use rootfs_builder::extract::IdShift;
 use rootfs_builder::host::{self, HostRequest};
+use rootfs_builder::image::{self, ImageRequest};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +35,26 @@ enum Command {
         /// Program names (searched in PATH) or paths.
         #[arg(required = true)]
         programs: Vec<String>,
+    },
+    /// Unpack an OCI image layout, OCI archive or docker-save archive into a new rootfs.
+    Image {
+        /// Destination directory (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Add N to every file owner uid (for a user-namespace mapping).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        shift_uid: u32,
+        /// Add N to every file owner gid.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        shift_gid: u32,
+        /// Manifest to use when the layout holds several (org.opencontainers.image.ref.name).
+        #[arg(long = "ref", value_name = "NAME")]
+        reference: Option<String>,
+        /// Rebuild even if OUT already holds an up-to-date build.
+        #[arg(long)]
+        force: bool,
+        /// OCI layout directory or archive file.
+        source: PathBuf,
     },
 }
 
@@ -65,6 +87,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out,
                 programs,
                 with,
+                force,
+            })?;
+            print_built(&built);
+        }
+        Command::Image {
+            out,
+            shift_uid,
+            shift_gid,
+            reference,
+            force,
+            source,
+        } => {
+            let built = image::build(&ImageRequest {
+                source,
+                out,
+                shift: IdShift {
+                    uid: shift_uid,
+                    gid: shift_gid,
+                },
+                reference,
                 force,
             })?;
             print_built(&built);
