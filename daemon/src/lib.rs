@@ -1,11 +1,21 @@
 //! jobd: the mTLS gRPC job service.
 //!
 //! Modules, one concern each: [`config`], [`certs`], [`tls`], [`auth`], [`db`], [`output`],
-//! [`executor`], [`manager`], [`service`], and [`server`] which ties them together.
+//! [`executor`], [`runner`], [`manager`], [`service`], and [`server`] which ties them together.
 
 pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod db;
+pub mod executor;
+pub mod manager;
 pub mod output;
+pub mod server;
+pub mod service;
 pub mod tls;
+pub mod validate;
+
+#[cfg(test)]
+mod e2e_tests;
+#[cfg(test)]
+pub mod testutil;

@@ -1,0 +1,168 @@
+//! Putting jobd together: data directory, certificates (made on first start), TLS listener,
+//! database, job manager, gRPC service, and an orderly shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use proto::job_service_server::JobServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::certs::{self, CertError};
+use crate::config::Config;
+use crate::db::{Db, DbError};
+use crate::executor::Executor;
+use crate::manager::{self, Manager, ManagerError};
+use crate::service::Service;
+use crate::tls::{self, ServerTlsFiles, TlsError};
+
+/// Errors starting or running the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("set permissions of {path}: {source}")]
+    Perms {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Zero-config certificates: when the TLS directory has no CA, make one (with a server
+/// certificate and an admin identity) and copy the admin identity to where jobctl looks, unless
+/// something is there already. Returns true when certificates were made.
+pub fn ensure_certs(cfg: &Config) -> Result<bool, ServerError> {
+    let dir = cfg.tls_dir();
+    if dir.join(certs::CA_CERT).exists() {
+        return Ok(false);
+    }
+    let made = certs::init(&dir, &[])?;
+    tracing::info!(dir = %made.dir.display(), "created CA, server certificate and admin identity");
+    let client_dir = cfg.client_identity_dir();
+    if client_dir.join(certs::CLIENT_CERT).exists() {
+        tracing::warn!(
+            dir = %client_dir.display(),
+            admin = %made.admin_dir.display(),
+            "a client identity exists already: left as is; the new admin identity is in the TLS directory"
+        );
+    } else {
+        let read = |name: &str| {
+            let path = made.admin_dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| CertError::Read { path, source })
+        };
+        let id = certs::Identity {
+            cert_pem: read(certs::CLIENT_CERT)?,
+            key_pem: read(certs::CLIENT_KEY)?,
+        };
+        certs::write_identity(&client_dir, &read(certs::CA_CERT)?, &id)?;
+        tracing::info!(dir = %client_dir.display(), "wrote the admin client identity for jobctl");
+    }
+    Ok(true)
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its job manager.
+    pub manager: Arc<Manager>,
+    shutdown: watch::Sender<bool>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Stops accepting, ends open streams, applies the shutdown policy to running jobs and
+    /// waits for the server to finish.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        tracing::info!("shutting down");
+        self.shutdown.send_replace(true);
+        self.manager.shutdown().await;
+        match self.serve.await {
+            Ok(r) => r?,
+            Err(e) => tracing::error!(error = %e, "server task failed"),
+        }
+        Ok(())
+    }
+
+    /// Kills the server task without any cleanup (tests use it to simulate a crash of the
+    /// network side; the jobs' supervisors keep running in this process).
+    pub fn abort(&self) {
+        self.serve.abort();
+    }
+}
+
+/// Starts jobd: prepares the data directory and certificates, recovers jobs a previous run
+/// left, binds `cfg.listen` and serves.
+pub async fn start(cfg: Config, exec: Arc<dyn Executor>) -> Result<Running, ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = Arc::new(cfg);
+    manager::ensure_dir(&cfg.data_dir)?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+        |source| ServerError::Perms {
+            path: cfg.data_dir.clone(),
+            source,
+        },
+    )?;
+    manager::ensure_dir(&cfg.data_dir.join("jobs"))?;
+    ensure_certs(&cfg)?;
+    let tls_config = tls::server_config(&ServerTlsFiles::in_dir(&cfg.tls_dir()))?;
+    let db = Arc::new(Db::open(&cfg.data_dir.join("jobs.db"))?);
+    let manager = Manager::new(cfg.clone(), db, exec);
+    let recovered = manager.recover().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            jobs = recovered,
+            "cleaned up jobs left running by a previous jobd"
+        );
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let (shutdown, rx) = watch::channel(false);
+    let service = Service::new(cfg.clone(), manager.clone(), rx.clone());
+    let grpc = JobServiceServer::new(service)
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes);
+    let incoming = tls::incoming(listener, tls_config);
+    let mut stop = rx;
+    let serve = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|v| *v).await;
+            }),
+    );
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "jobd listening");
+    Ok(Running {
+        addr,
+        manager,
+        shutdown,
+        serve,
+    })
+}

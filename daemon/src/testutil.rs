@@ -1,0 +1,204 @@
+//! Test support: a harness that runs a real jobd (TLS, certificates, database) on an ephemeral
+//! port, and clients with chosen identities.
+//!
+//! [`HostExecutor`] runs commands as plain host processes WITHOUT any isolation: it exists only
+//! so that the service, manager and output paths can be tested without root; jobd itself uses
+//! [`crate::runner::RuntimeExecutor`].
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use proto::job_service_client::JobServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::certs::{self, Ca, Purpose};
+use crate::config::Config;
+use crate::executor::{ExecError, Executor, JobHandle, JobStats, LaunchRequest};
+use crate::server::{self, Running};
+
+/// Unisolated executor for tests (see the module docs).
+#[derive(Debug, Default)]
+pub struct HostExecutor;
+
+#[derive(Debug)]
+struct HostHandle {
+    pid: i32,
+}
+
+impl Executor for HostExecutor {
+    fn launch(&self, req: LaunchRequest) -> Result<Box<dyn JobHandle>, ExecError> {
+        let work = req.job_dir.join("work");
+        std::fs::create_dir_all(&work).map_err(|e| ExecError::Host {
+            op: "create work dir",
+            job_id: req.job_id.clone(),
+            reason: e.to_string(),
+        })?;
+        if !req.input_tar.is_empty() {
+            tar::Archive::new(req.input_tar.as_slice())
+                .unpack(&work)
+                .map_err(|e| ExecError::Job(format!("unpack input: {e}")))?;
+        }
+        let mut cmd = Command::new(&req.argv[0]);
+        cmd.args(&req.argv[1..])
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(req.stdout))
+            .stderr(Stdio::from(req.stderr))
+            .process_group(0);
+        for kv in &req.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        let child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ExecError::Job(format!("executable not found: {}", req.argv[0]))
+            } else {
+                ExecError::Job(format!("exec {}: {e}", req.argv[0]))
+            }
+        })?;
+        Ok(Box::new(HostHandle {
+            pid: child.id() as i32,
+        }))
+    }
+
+    fn cleanup_stale(&self, _job_id: &str, _job_dir: &std::path::Path) -> Result<(), ExecError> {
+        Ok(())
+    }
+}
+
+impl JobHandle for HostHandle {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+    fn pid_start(&self) -> u64 {
+        0
+    }
+    fn signal_all(&self, signal: Signal) -> Result<(), ExecError> {
+        killpg(Pid::from_raw(self.pid), signal).map_err(|e| ExecError::Host {
+            op: "signal",
+            job_id: self.pid.to_string(),
+            reason: e.to_string(),
+        })
+    }
+    fn stats(&self) -> Result<JobStats, ExecError> {
+        Ok(JobStats {
+            pids_current: 1,
+            ..Default::default()
+        })
+    }
+    fn oom_killed(&self) -> bool {
+        false
+    }
+    fn destroy(&self) -> Result<(), ExecError> {
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        Ok(())
+    }
+}
+
+/// A jobd on 127.0.0.1 with an ephemeral port, in a temporary data directory.
+pub struct Harness {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// The configuration it runs with.
+    pub cfg: Config,
+    /// The running daemon.
+    pub running: Option<Running>,
+    exec: Arc<dyn Executor>,
+}
+
+impl Harness {
+    /// Starts a daemon with `exec`; `tweak` may adjust the configuration.
+    pub async fn start(exec: Arc<dyn Executor>, tweak: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: dir.path().join("data"),
+            client_identity_dir: Some(dir.path().join("client")),
+            grace_period_ms: 2000,
+            ..Config::default()
+        };
+        tweak(&mut cfg);
+        let running = server::start(cfg.clone(), exec.clone())
+            .await
+            .expect("start jobd");
+        Harness {
+            dir,
+            cfg,
+            running: Some(running),
+            exec,
+        }
+    }
+
+    /// Shuts the daemon down and starts a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("shutdown");
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.listen = "127.0.0.1:0".parse().expect("addr");
+        self.running = Some(
+            server::start(cfg, self.exec.clone())
+                .await
+                .expect("restart jobd"),
+        );
+    }
+
+    /// The daemon's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.running.as_ref().expect("running").addr
+    }
+
+    /// The TLS directory.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.cfg.tls_dir()
+    }
+
+    /// The daemon's CA.
+    pub fn ca(&self) -> Ca {
+        Ca::load(&self.tls_dir()).expect("load CA")
+    }
+
+    /// A fresh client identity `name` with role (OU) `role` ("" for none).
+    pub fn identity(&self, name: &str, role: &str) -> certs::Identity {
+        self.ca()
+            .issue(&Purpose::Client {
+                name: name.into(),
+                role: role.into(),
+            })
+            .expect("issue")
+    }
+
+    /// A connected client for `name`/`role`.
+    pub async fn client(&self, name: &str, role: &str) -> JobServiceClient<Channel> {
+        let id = self.identity(name, role);
+        self.client_with(&self.ca().cert_pem, Some(&id))
+            .await
+            .expect("connect")
+    }
+
+    /// A client trusting `ca_pem` and presenting `id` (or no certificate).
+    pub async fn client_with(
+        &self,
+        ca_pem: &str,
+        id: Option<&certs::Identity>,
+    ) -> Result<JobServiceClient<Channel>, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some(id) = id {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        let ch = Endpoint::from_shared(format!("https://{}", self.addr()))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(JobServiceClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+}
