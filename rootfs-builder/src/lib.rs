@@ -2,6 +2,7 @@
 //! ([`host::build`]), and OCI images unpacked without ever writing outside the target
 //! ([`image::build`]). Builds are atomic and carry a content key ([`output`]).
 
+pub mod bundle;
 pub mod closure;
 pub mod elf;
 pub mod extract;

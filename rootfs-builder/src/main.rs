@@ -56,6 +56,18 @@ enum Command {
         /// OCI layout directory or archive file.
         source: PathBuf,
     },
+    /// Write an OCI bundle (config.json from the runtime's secure default spec) for a rootfs.
+    Bundle {
+        /// A rootfs built by `host` or `image`.
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// Bundle directory to write config.json into.
+        #[arg(long)]
+        out: PathBuf,
+        /// The job's command line (after `--`); the default spec's `sh` when empty.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +122,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
             })?;
             print_built(&built);
+        }
+        Command::Bundle { rootfs, out, args } => {
+            let config = rootfs_builder::bundle::write(&rootfs, &out, &args)?;
+            println!("{}", config.display());
         }
     }
     Ok(())
