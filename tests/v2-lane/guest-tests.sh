@@ -442,7 +442,7 @@ echo "+cpu +io +memory +pids" >$CG/cgroup.subtree_control
 say "v2lane guest: $(uname -r), controllers: $(cat $CG/cgroup.controllers)"
 
 for t in lane_cgroup2_mounted lane_memory_max_oom lane_pids_max lane_cgroup_kill lane_cpu_max lane_io_device lane_overlay \
-         rt_smoke rt_enables_controllers rt_memory_oom rt_pids_max rt_cpu_max rt_io_max \
+         rt_enables_controllers rt_smoke rt_memory_oom rt_pids_max rt_cpu_max rt_io_max \
          rt_delete_removes_cgroup rt_kill_all rt_delete_force_nested rt_no_internal_procs \
          rt_default_spec rt_stats; do
   run_test $t
