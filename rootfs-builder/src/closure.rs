@@ -254,6 +254,20 @@ mod tests {
     }
 
     #[test]
+    fn origin_and_lib_are_expanded() {
+        let r = Resolver::new(Path::new("/")).unwrap();
+        let dirs = vec!["$ORIGIN/../lib".to_string(), "${ORIGIN}/x:$LIB".to_string()];
+        let got = r.expand(&dirs, Path::new("/opt/app/bin/tool"), Class::Elf64);
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/opt/app/bin/../lib"),
+                PathBuf::from("/opt/app/bin/x:lib64")
+            ]
+        );
+    }
+
+    #[test]
     fn missing_library_names_library_and_needer() {
         let mut r = Resolver::new(Path::new("/")).unwrap();
         let root = elf::read(Path::new("/bin/sh")).unwrap();

@@ -92,6 +92,9 @@ pub struct Extractor {
     can_chown: bool,
     /// Directory mtimes are set after everything, since later entries bump them.
     dir_times: Vec<(Vec<OsString>, i64)>,
+    /// Directories made for entries whose parents the archive never listed; they get a fixed
+    /// mtime so that the same archive always gives the same tree.
+    implicit_dirs: Vec<Vec<OsString>>,
 }
 
 /// Context for one entry's errors.
@@ -128,6 +131,7 @@ impl Extractor {
             opts,
             can_chown: opts.ownership && rustix::process::geteuid().is_root(),
             dir_times: Vec::new(),
+            implicit_dirs: Vec::new(),
         })
     }
 
@@ -178,12 +182,18 @@ impl Extractor {
 
     /// Sets the directory mtimes recorded during extraction; call once after the last layer.
     pub fn finish(self) -> Result<(), ExtractError> {
-        for (comps, mtime) in &self.dir_times {
+        let implicit = self
+            .implicit_dirs
+            .iter()
+            .map(|c| (c.clone(), crate::output::FIXED_MTIME));
+        let all: Vec<(Vec<OsString>, i64)> =
+            implicit.chain(self.dir_times.iter().cloned()).collect();
+        for (comps, mtime) in &all {
             let Some((name, parent)) = comps.split_last() else {
                 continue;
             };
             // A later layer may have replaced a parent with a symlink: then skip.
-            let Ok(Some(dir)) = self.open_dir(parent, false) else {
+            let Ok(Some(dir)) = self.open_dir(parent, None) else {
                 continue;
             };
             let _ = rfs::utimensat(&dir, name, &times(*mtime), AtFlags::SYMLINK_NOFOLLOW);
@@ -313,7 +323,7 @@ impl Extractor {
         let tcomps = clean(&target, ctx)?;
         let (tname, tparent) = tcomps.split_last().ok_or_else(bad)?;
         let tdir = self
-            .open_dir(tparent, false)
+            .open_dir(tparent, None)
             .ok()
             .flatten()
             .ok_or_else(bad)?;
@@ -403,7 +413,11 @@ impl Extractor {
     /// Opens (and with `create`, makes) the directory `comps` below the root without following
     /// any symlink. `Ok(None)`: missing and not created. `Err(index)`: component `index` is a
     /// symlink or not a directory.
-    fn open_dir(&self, comps: &[OsString], create: bool) -> Result<Option<OwnedFd>, usize> {
+    fn open_dir(
+        &self,
+        comps: &[OsString],
+        mut create: Option<&mut Vec<Vec<OsString>>>,
+    ) -> Result<Option<OwnedFd>, usize> {
         let mut cur = rfs::openat(
             &self.root,
             ".",
@@ -415,9 +429,14 @@ impl Extractor {
             let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             cur = match rfs::openat(&cur, c, flags, Mode::empty()) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) if create => {
+                Err(Errno::NOENT) if create.is_some() => {
                     match rfs::mkdirat(&cur, c, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                        Ok(()) => {
+                            if let Some(made) = create.as_deref_mut() {
+                                made.push(comps[..=i].to_vec());
+                            }
+                        }
+                        Err(Errno::EXIST) => {}
                         Err(_) => return Err(i),
                     }
                     rfs::openat(&cur, c, flags, Mode::empty()).map_err(|_| i)?
@@ -429,8 +448,11 @@ impl Extractor {
         Ok(Some(cur))
     }
 
-    fn require_dir(&self, comps: &[OsString], ctx: &Ctx<'_>) -> Result<OwnedFd, ExtractError> {
-        match self.open_dir(comps, true) {
+    fn require_dir(&mut self, comps: &[OsString], ctx: &Ctx<'_>) -> Result<OwnedFd, ExtractError> {
+        let mut made = Vec::new();
+        let result = self.open_dir(comps, Some(&mut made));
+        self.implicit_dirs.extend(made);
+        match result {
             Ok(Some(fd)) => Ok(fd),
             Ok(None) => unreachable!("open_dir creates missing directories"),
             Err(i) => Err(ExtractError::ThroughNonDirectory {
@@ -444,7 +466,7 @@ impl Extractor {
     /// A whiteout: removes `parent/name` if it exists. A parent that is missing or a symlink
     /// holds nothing of the rootfs to remove.
     fn remove(&self, parent: &[OsString], name: &OsStr, ctx: &Ctx<'_>) -> Result<(), ExtractError> {
-        let Ok(Some(dir)) = self.open_dir(parent, false) else {
+        let Ok(Some(dir)) = self.open_dir(parent, None) else {
             return Ok(());
         };
         match remove_at(&dir, name) {
@@ -453,23 +475,34 @@ impl Extractor {
         }
     }
 
-    /// An opaque directory: everything in it that this layer did not add goes.
+    /// An opaque directory: everything in it that this layer did not add goes, also below
+    /// subdirectories that this layer lists again.
     fn make_opaque(
-        &self,
+        &mut self,
         comps: &[OsString],
         created: &HashSet<Vec<OsString>>,
         ctx: &Ctx<'_>,
     ) -> Result<(), ExtractError> {
         let dir = self.require_dir(comps, ctx)?;
-        for child in list_dir(&dir).map_err(ctx.io("list"))? {
-            let mut path = comps.to_vec();
-            path.push(child.clone());
-            if !created.contains(&path) {
-                remove_at(&dir, &child).map_err(ctx.io("opaque"))?;
-            }
-        }
-        Ok(())
+        prune(&dir, comps, created).map_err(ctx.io("opaque"))
     }
+}
+
+/// Removes what is below `dir` (at `comps`) and not in `created`, never following symlinks.
+fn prune(dir: &OwnedFd, comps: &[OsString], created: &HashSet<Vec<OsString>>) -> Result<(), Errno> {
+    for child in list_dir(dir)? {
+        let mut path = comps.to_vec();
+        path.push(child.clone());
+        if !created.contains(&path) {
+            remove_at(dir, &child)?;
+            continue;
+        }
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if let Ok(sub) = rfs::openat(dir, &child, flags, Mode::empty()) {
+            prune(&sub, &path, created)?;
+        }
+    }
+    Ok(())
 }
 
 /// The entry's path as components below the root: `.` and `/` dropped, `..` refused.

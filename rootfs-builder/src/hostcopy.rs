@@ -202,8 +202,10 @@ impl HostCopy {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(&staged)(e)),
         }
-        // Owner keeps write access so the build can fill it; suid/sgid bits are dropped.
-        let perm = (meta.mode() & 0o777) | 0o700;
+        // Everyone may traverse and list: a job runs as an unprivileged (often user-namespace
+        // mapped) user and must reach what the rootfs holds, even below a host's 0700 /root.
+        // The owner keeps write access so the build can fill it; suid/sgid bits are dropped.
+        let perm = (meta.mode() & 0o777) | 0o755;
         fs::set_permissions(&staged, fs::Permissions::from_mode(perm)).map_err(io(&staged))
     }
 

@@ -246,3 +246,61 @@ fn failures_name_the_problem_and_leave_nothing_behind() {
     );
     assert!(out.join("keep").exists() && !out.join(MARKER).exists());
 }
+
+/// pyenv's `python3` shim is a bash script around `pyenv exec`; the rootfs must get the real
+/// interpreter it selects, never the launcher.
+#[test]
+fn pyenv_shim_is_resolved_to_the_real_interpreter() {
+    let Some(home) = std::env::var_os("HOME") else {
+        return;
+    };
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&home).join(".pyenv"));
+    let shims = root.join("shims");
+    if !shims.join("python3").is_file() {
+        eprintln!("skipping: no pyenv python3 shim at {}", shims.display());
+        return;
+    }
+    let env = rootfs_builder::resolve::Env {
+        path: format!("{}:/usr/bin:/bin", shims.display()),
+        cwd: PathBuf::from("/"),
+    };
+    let mut inputs = Vec::new();
+    let progs = rootfs_builder::resolve::resolve("python3", &env, &mut inputs).unwrap();
+    assert_eq!(progs.len(), 1, "{progs:?}");
+    let real = &progs[0];
+    assert!(real.is_elf, "{real:?}");
+    assert!(!real.path.starts_with(&shims), "{real:?}");
+    assert_eq!(real.link_name.as_deref(), Some("python3"));
+    assert!(inputs.contains(&root.join("version")));
+}
+
+/// Debian's own interpreter keeps its stdlib in /usr/lib/python3.X and its extension
+/// modules in lib-dynload: the same knowledge must cover it.
+#[test]
+fn distribution_python_runs_too() {
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() || !is_root() {
+        eprintln!("skipping: needs /usr/bin/python3 and root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rootfs");
+    host::build(&request(&out, &["/usr/bin/python3"])).unwrap();
+    let run = Command::new("chroot")
+        .arg(&out)
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import json, sqlite3, ssl, ctypes, hashlib; print('ok')",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "ok\n");
+}

@@ -279,6 +279,7 @@ fn whiteouts_opaque_dirs_and_compressions() {
     let upper = layer(&[
         E::File("etc/.wh.motd", ""),
         E::File("data/new.txt", "new"),
+        E::Dir("data/sub"),
         E::File("data/.wh..wh..opq", ""),
     ]);
     let top = layer(&[E::File("top.txt", "zstd")]);
@@ -304,7 +305,8 @@ fn whiteouts_opaque_dirs_and_compressions() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     data.sort();
-    assert_eq!(data, vec!["new.txt"]);
+    assert_eq!(data, vec!["new.txt", "sub"]);
+    assert_eq!(fs::read_dir(out.join("data/sub")).unwrap().count(), 0);
     assert_eq!(fs::read_to_string(out.join("top.txt")).unwrap(), "zstd");
     assert_eq!(
         fs::read_link(out.join("motd")).unwrap(),
@@ -331,7 +333,7 @@ fn docker_save_archive_is_read() {
     fs::create_dir_all(dir.join("abc")).unwrap();
     fs::write(
         dir.join("abc/layer.tar"),
-        layer(&[E::File("hello", "docker")]),
+        layer(&[E::File("hello", "docker"), E::File("implicit/dirs/f", "x")]),
     )
     .unwrap();
     fs::create_dir_all(dir.join("def")).unwrap();
@@ -348,9 +350,13 @@ fn docker_save_archive_is_read() {
     let archive = tmp.path().join("save.tar");
     tar_dir(&dir, &archive);
     let out = tmp.path().join("rootfs");
-    image::build(&request(&archive, &out)).unwrap();
+    let first = image::build(&request(&archive, &out)).unwrap();
     assert_eq!(fs::read_to_string(out.join("hello")).unwrap(), "docker");
     assert_eq!(fs::read_to_string(out.join("two")).unwrap(), "2");
+    // Directories the archive never lists still come out the same every time.
+    let mut again = request(&archive, &tmp.path().join("rootfs2"));
+    again.force = true;
+    assert_eq!(image::build(&again).unwrap().key, first.key);
 }
 
 #[test]
