@@ -193,7 +193,8 @@ else
   done
 fi
 [[ -n "${V2LANE_ONLY:-}" ]] && printf '%s\n' "$V2LANE_ONLY" >"$SHARE/only"
-truncate -s 64M "$WORK/disk.img"
+truncate -s 64M "$WORK/disk.img"    # /dev/vda: io.max target
+truncate -s 192M "$WORK/swap.img"   # /dev/vdb: swap for the swap-limit test
 
 # ---------------------------------------------------------------- boot
 log "booting $KREL (timeout ${TIMEOUT}s)"
@@ -207,6 +208,7 @@ timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
   -append 'console=ttyS0 panic=-1 quiet' \
   -virtfs "local,path=$SHARE,mount_tag=host,security_model=none,id=host" \
   -drive "file=$WORK/disk.img,if=virtio,format=raw" \
+  -drive "file=$WORK/swap.img,if=virtio,format=raw" \
   -nic none </dev/null 2>&1 | tee "$CONSOLE"
 QRC=${PIPESTATUS[0]}
 set -e
