@@ -152,7 +152,11 @@ impl Extractor {
             let ctx = Ctx { layer, entry: &raw };
             let comps = clean(&raw, &ctx)?;
             let Some((name, parent)) = comps.split_last() else {
-                continue; // the root itself ("./")
+                // The root itself ("./"): its mode and owner, if the archive gives them.
+                if entry.header().entry_type() == tar::EntryType::Directory {
+                    self.root_entry(entry.header(), &ctx)?;
+                }
+                continue;
             };
             let name_str = name.to_string_lossy();
             if self.opts.whiteouts && name_str.starts_with(WHITEOUT_PREFIX) {
@@ -178,6 +182,72 @@ impl Extractor {
             self.make_opaque(&dir, &created, &ctx)?;
         }
         Ok(())
+    }
+
+    /// Gives the root directory the (shifted) owner root, before any layer: a runtime in a
+    /// user namespace then owns its rootfs. A `./` entry in a layer overrides this.
+    pub fn own_root(&self) -> Result<(), ExtractError> {
+        if !self.can_chown {
+            return Ok(());
+        }
+        rfs::fchown(
+            &self.root_dir().map_err(|e| self.root_err(e))?,
+            Some(rustix::fs::Uid::from_raw(self.opts.shift.uid)),
+            Some(rustix::fs::Gid::from_raw(self.opts.shift.gid)),
+        )
+        .map_err(|e| self.root_err(e))
+    }
+
+    /// Makes the mount points a runtime needs (`proc`, `dev`, ...) where the image has none:
+    /// with a read-only rootfs the runtime could not create them itself.
+    pub fn ensure_dirs(&mut self, dirs: &[(&str, u32)]) -> Result<(), ExtractError> {
+        for (name, mode) in dirs {
+            match rfs::statat(&self.root, *name, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(Errno::NOENT) => {}
+                Ok(_) => continue,
+                Err(e) => return Err(self.root_err(e)),
+            }
+            rfs::mkdirat(&self.root, *name, Mode::from_raw_mode(0o700))
+                .map_err(|e| self.root_err(e))?;
+            let fd = rfs::openat(
+                &self.root,
+                *name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| self.root_err(e))?;
+            let ctx = Ctx {
+                layer: "mount points",
+                entry: Path::new(name),
+            };
+            self.set_owner_mode(&fd, 0, 0, *mode, &ctx)?;
+            self.implicit_dirs.push(vec![OsString::from(name)]);
+        }
+        Ok(())
+    }
+
+    fn root_dir(&self) -> Result<OwnedFd, Errno> {
+        rfs::openat(
+            &self.root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
+    fn root_err(&self, e: Errno) -> ExtractError {
+        ExtractError::Root {
+            path: PathBuf::from("."),
+            source: e.into(),
+        }
+    }
+
+    fn root_entry(&self, header: &tar::Header, ctx: &Ctx<'_>) -> Result<(), ExtractError> {
+        let fd = self.root_dir().map_err(ctx.io("open root"))?;
+        let uid = header.uid().unwrap_or(0) as u32;
+        let gid = header.gid().unwrap_or(0) as u32;
+        let mode = header.mode().unwrap_or(0o755) & 0o7777;
+        self.set_owner_mode(&fd, uid, gid, mode, ctx)
     }
 
     /// Sets the directory mtimes recorded during extraction; call once after the last layer.

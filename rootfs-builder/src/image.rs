@@ -24,6 +24,13 @@ const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const REF_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+/// Mount points a runtime needs in a (read-only) rootfs, with their usual modes.
+const MOUNT_POINTS: &[(&str, u32)] = &[
+    ("proc", 0o555),
+    ("dev", 0o755),
+    ("sys", 0o555),
+    ("tmp", 0o1777),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -190,9 +197,11 @@ pub fn build(req: &ImageRequest) -> Result<BuiltRootfs, ImageError> {
             shift: req.shift,
         },
     )?;
+    extractor.own_root()?;
     for layer in &layers {
         apply_layer(&layout_fd, layer, &mut extractor)?;
     }
+    extractor.ensure_dirs(MOUNT_POINTS)?;
     extractor.finish()?;
     drop(unpacked);
     let key = output::tree_key(staging.path())?;

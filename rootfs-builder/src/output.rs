@@ -18,7 +18,7 @@ use tempfile::TempDir;
 /// The marker at the top of every built tree.
 pub const MARKER: &str = ".rootfs-builder.json";
 /// Changes whenever the builder would lay out the same inputs differently.
-pub const BUILDER_VERSION: &str = concat!("rootfs-builder/", env!("CARGO_PKG_VERSION"), "/1");
+pub const BUILDER_VERSION: &str = concat!("rootfs-builder/", env!("CARGO_PKG_VERSION"), "/2");
 /// Every host-mode entry gets this mtime (1980-01-01, the zip epoch), so that the same inputs
 /// give the same tree.
 pub const FIXED_MTIME: i64 = 315_532_800;
@@ -171,7 +171,8 @@ impl Staging {
     pub fn commit(self, marker: &Marker) -> Result<PathBuf, OutputError> {
         let root = self.dir.path().to_path_buf();
         let marker_path = root.join(MARKER);
-        let json = serde_json::to_vec_pretty(marker).expect("marker serializes");
+        // Compact: the marker is read on every cache check, where parse time counts.
+        let json = serde_json::to_vec(marker).expect("marker serializes");
         fs::write(&marker_path, json).map_err(io_err(&marker_path))?;
         set_mode(&marker_path, 0o444)?;
         // The temporary directory was made 0700; a rootfs root is world-readable.

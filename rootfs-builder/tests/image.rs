@@ -316,6 +316,9 @@ fn whiteouts_opaque_dirs_and_compressions() {
         fs::metadata(out.join("top.txt")).unwrap().mtime(),
         1_000_000
     );
+    for dir in ["proc", "dev", "sys", "tmp"] {
+        assert!(out.join(dir).is_dir(), "mount point {dir} missing");
+    }
 
     // The same image as an oci-archive gives the same tree; a second request is reused.
     let archive = tmp.path().join("image.tar");
@@ -434,6 +437,9 @@ fn ownership_is_shifted_for_user_namespaces() {
     let m = fs::metadata(out.join("d/f")).unwrap();
     assert_eq!((m.uid(), m.gid()), (100_000, 200_000));
     assert_eq!(fs::metadata(out.join("d")).unwrap().uid(), 100_000);
+    // The mapped root owns the rootfs and the mount points the builder adds.
+    assert_eq!(fs::metadata(&out).unwrap().uid(), 100_000);
+    assert_eq!(fs::metadata(out.join("proc")).unwrap().gid(), 200_000);
 }
 
 /// umoci's own output: a busybox base layer, a layer in which umoci records a deleted file
