@@ -362,6 +362,7 @@ t_rt_delete_force_nested() {
   alive=""; kill -0 "$child" 2>/dev/null && alive=yes
   [ -d $D/sub ] && { echo 1 >$D/sub/cgroup.kill; sleep 0.2; rmdir $D/sub; }
   [ -d $D ] && { echo 1 >$D/cgroup.kill; sleep 0.2; rmdir $D; }
+  down nest   # the state, if the first delete failed
   [ -z "$alive" ] || no "process $child in nested cgroup survived delete --force"
   [ $rc = 0 ] || no "delete --force with a nested cgroup failed: $(cat /tmp/nest.out)"
 }
@@ -437,6 +438,19 @@ t_rt_stats() {
   [ "$pc" -ge 1 ] && [ "$pc" -le $((p + 1)) ] || no "pids current $pc vs pids.current $p"
 }
 
+# After all runtime tests (each deletes what it made): nothing may be left.
+t_rt_nothing_left() {
+  have_rt
+  cgs=$(find $CG -mindepth 1 -type d | grep -v "^$LANE_CG\$" | grep -v "^$CG/job-runtime\$" | sed "s|^$CG||" | tr '\n' ' ')
+  st=$(ls $RTROOT 2>/dev/null | tr '\n' ' ')
+  mnt=$(grep -E " $WORKDIR/| /run/job-runtime" /proc/mounts | awk '{print $2}' | tr '\n' ' ')
+  procs=$(ps -o pid,args | grep -E 'sleep 1000|while :' | grep -v grep | awk '{print $1}' | tr '\n' ' ')
+  [ -z "$cgs" ] || no "cgroups left: $cgs"
+  [ -z "$st" ] || no "state left in $RTROOT: $st"
+  [ -z "$mnt" ] || no "mounts left: $mnt"
+  [ -z "$procs" ] || no "processes left: $procs"
+}
+
 # ------------------------------------------------------------------ driver
 run_test() {
   name=$1
@@ -463,7 +477,7 @@ say "v2lane guest: $(uname -r), controllers: $(cat $CG/cgroup.controllers)"
 for t in lane_cgroup2_mounted lane_memory_max_oom lane_pids_max lane_cgroup_kill lane_cpu_max lane_io_device lane_overlay \
          rt_enables_controllers rt_smoke rt_memory_oom rt_memory_swap rt_pids_max rt_cpu_max rt_io_max \
          rt_delete_removes_cgroup rt_kill_all rt_delete_force_nested rt_no_internal_procs \
-         rt_default_spec rt_stats; do
+         rt_default_spec rt_stats rt_nothing_left; do
   run_test $t
 done
 

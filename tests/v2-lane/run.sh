@@ -11,6 +11,7 @@
 #   V2LANE_KERNEL_PKG  e.g. linux-image-6.1.0-56-amd64 (default: newest 6.1.0-*-amd64 apt knows)
 #   V2LANE_TIMEOUT     guest wall-time bound in seconds (default: 600)
 #   V2LANE_ONLY        space-separated guest test names to run (default: all)
+#   V2LANE_ACCEL       qemu accelerator (default: tcg; kvm where it works)
 #   V2LANE_KEEP=1      keep the temp work dir (console.log, results.txt) for debugging
 # Exit status: 0 iff the guest booted, ran the tests, wrote a final
 # "V2LANE RESULT: N passed, 0 failed" line with N > 0, and powered off in time.
@@ -21,6 +22,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${V2LANE_CACHE:-/var/cache/jobworker-v2lane}"
 BIN_DIR="${V2LANE_BIN_DIR:-$REPO/target/release}"
 TIMEOUT="${V2LANE_TIMEOUT:-600}"
+ACCEL="${V2LANE_ACCEL:-tcg}"   # kvm works on a host whose /dev/kvm boots stock kernels (not this one)
 LANE_ONLY="${V2LANE_LANE_ONLY:-0}"
 # Bump when the set of modules or the initramfs recipe changes (invalidates the cache).
 RECIPE=4
@@ -67,7 +69,9 @@ pick_kernel() {
 KPKG="${V2LANE_KERNEL_PKG:-$(pick_kernel)}"
 if [[ -z "$KPKG" ]]; then apt_update_once; KPKG="$(pick_kernel)"; fi
 [[ -n "$KPKG" ]] || die "no linux-image-6.1.0-*-amd64 package known to apt"
-KVER_DEB="$(apt-cache policy "$KPKG" | awk '/Candidate:/{print $2}')"
+kver() { apt-cache policy "$KPKG" 2>/dev/null | awk '/Candidate:/{print $2}'; }
+KVER_DEB="$(kver)"
+if [[ -z "$KVER_DEB" || "$KVER_DEB" == "(none)" ]]; then apt_update_once; KVER_DEB="$(kver)"; fi
 [[ -n "$KVER_DEB" && "$KVER_DEB" != "(none)" ]] || die "no candidate version for $KPKG"
 KREL="${KPKG#linux-image-}"          # e.g. 6.1.0-56-amd64
 KDIR="$CACHE/${KPKG}_${KVER_DEB}_r${RECIPE}"
@@ -202,7 +206,7 @@ CONSOLE="$WORK/console.log"
 trap - ERR
 set +e
 timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
-  -accel tcg -cpu max -m 1024 -smp 2 \
+  -accel "$ACCEL" -cpu max -m 1024 -smp 2 \
   -nographic -no-reboot \
   -kernel "$KDIR/vmlinuz" -initrd "$INITRD" \
   -append 'console=ttyS0 panic=-1 quiet' \
