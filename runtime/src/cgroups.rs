@@ -3,7 +3,10 @@
 //! mount plan job-init uses for `/sys/fs/cgroup`.
 
 use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libcgroups::common::{
@@ -133,35 +136,69 @@ fn systemd_path(raw: Option<&str>, id: &str) -> Result<PathBuf, CgroupError> {
     Ok(path)
 }
 
+/// How the clone child enters its cgroup by itself, so the parent never migrates it.
+///
+/// A parent writing a pid into `cgroup.procs` takes the kernel's global threadgroup lock,
+/// which waits out an RCU grace period: 6-20 ms per container on this class of machine. A
+/// single-threaded process that writes `0` into v1's `tasks` moves only itself and skips that
+/// lock (0.3 ms); on v2 `clone3(CLONE_INTO_CGROUP)` starts the child inside the cgroup.
+pub enum Join {
+    /// v1: one open `tasks` file per hierarchy; the child writes "0" into each.
+    V1Tasks(Vec<OwnedFd>),
+    /// v2: the cgroup directory, for `CLONE_INTO_CGROUP`.
+    V2Dir(OwnedFd),
+}
+
 /// One container cgroup, possibly not created yet.
 pub struct Cgroup {
-    manager: AnyCgroupManager,
     path: PathBuf,
     version: Version,
+    id: String,
+    /// The cgroup's directory in each hierarchy: (hierarchy name, directory). One on v2.
+    dirs: Vec<(String, PathBuf)>,
+    /// libcgroups' manager, made on first use: on v1 it reads mountinfo once per controller.
+    manager: OnceLock<AnyCgroupManager>,
 }
 
 impl Cgroup {
-    /// A handle for `path` (from [`resolve_path`]); nothing is created until [`Cgroup::add_task`].
+    /// A handle for `path` (from [`resolve_path`]); nothing is created until [`Cgroup::create`].
     pub fn open(path: &Path, systemd: bool, id: &str) -> Result<Cgroup, CgroupError> {
         if systemd && !Path::new("/run/systemd/system").exists() {
             return Err(CgroupError::NoSystemd);
         }
         let version = host_version()?;
-        let manager = create_cgroup_manager(CgroupConfig {
-            cgroup_path: path.to_path_buf(),
-            // The systemd path was already translated to its cgroupfs form.
-            systemd_cgroup: false,
-            container_name: id.to_string(),
-        })
-        .map_err(|e| CgroupError::Manager {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let dirs = match version {
+            Version::V2 => vec![(String::new(), Path::new(CGROUP_ROOT).join(rel))],
+            Version::V1 => v1_hierarchies()
+                .into_iter()
+                .map(|(name, mount)| (name, mount.join(rel)))
+                .collect(),
+        };
         Ok(Cgroup {
-            manager,
             path: path.to_path_buf(),
             version,
+            id: id.to_string(),
+            dirs,
+            manager: OnceLock::new(),
         })
+    }
+
+    fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
+        if let Some(m) = self.manager.get() {
+            return Ok(m);
+        }
+        let m = create_cgroup_manager(CgroupConfig {
+            cgroup_path: self.path.clone(),
+            // A systemd path was already translated to its cgroupfs form.
+            systemd_cgroup: false,
+            container_name: self.id.clone(),
+        })
+        .map_err(|e| CgroupError::Manager {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(self.manager.get_or_init(|| m))
     }
 
     pub fn path(&self) -> &Path {
@@ -173,13 +210,16 @@ impl Cgroup {
     }
 
     /// The directory of this cgroup in one hierarchy (v2: the only one; v1: `subsystem`).
-    fn dir(&self, subsystem: &str) -> PathBuf {
-        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
-        match self.version {
-            Version::V2 => Path::new(CGROUP_ROOT).join(rel),
-            Version::V1 => v1_mount_point(subsystem)
-                .unwrap_or_else(|| Path::new(CGROUP_ROOT).join(subsystem))
-                .join(rel),
+    pub fn dir(&self, subsystem: &str) -> PathBuf {
+        let found = self.dirs.iter().find(|(name, _)| match self.version {
+            Version::V2 => true,
+            Version::V1 => name.split(',').any(|n| n == subsystem),
+        });
+        match found {
+            Some((_, d)) => d.clone(),
+            None => Path::new(CGROUP_ROOT)
+                .join(subsystem)
+                .join(self.path.strip_prefix("/").unwrap_or(&self.path)),
         }
     }
 
@@ -199,9 +239,99 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Creates the cgroup if needed and moves `pid` into it.
+    fn io_error(&self, op: &'static str, path: &Path, e: std::io::Error) -> CgroupError {
+        CgroupError::Op {
+            op,
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Creates the cgroup's directories and opens what the child needs to join it.
+    pub fn create(&self) -> Result<Join, CgroupError> {
+        match self.version {
+            Version::V1 => {
+                let mut tasks = Vec::with_capacity(self.dirs.len());
+                for (name, dir) in &self.dirs {
+                    fs::create_dir_all(dir).map_err(|e| self.io_error("create", dir, e))?;
+                    if name.split(',').any(|n| n == "cpuset") {
+                        self.inherit_cpuset(dir)?;
+                    }
+                    let file = dir.join("tasks");
+                    let f = fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_CLOEXEC)
+                        .open(&file)
+                        .map_err(|e| self.io_error("open", &file, e))?;
+                    tasks.push(OwnedFd::from(f));
+                }
+                Ok(Join::V1Tasks(tasks))
+            }
+            Version::V2 => {
+                let dir = self.create_v2_dirs()?;
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(&dir)
+                    .map_err(|e| self.io_error("open", &dir, e))?;
+                Ok(Join::V2Dir(OwnedFd::from(f)))
+            }
+        }
+    }
+
+    /// A new v1 cpuset cgroup starts with no cpus or mems and refuses tasks: copy the parent's.
+    fn inherit_cpuset(&self, dir: &Path) -> Result<(), CgroupError> {
+        let mut chain = Vec::new();
+        let mut d = dir.to_path_buf();
+        while d.join("cpuset.cpus").exists() {
+            chain.push(d.clone());
+            if !d.pop() {
+                break;
+            }
+        }
+        // From the top down, each level takes its parent's values where it has none.
+        for pair in chain.windows(2).rev() {
+            let (child, parent) = (&pair[0], &pair[1]);
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let current = fs::read_to_string(child.join(file)).unwrap_or_default();
+                if current.trim().is_empty() {
+                    let value = fs::read_to_string(parent.join(file))
+                        .map_err(|e| self.io_error("read", &parent.join(file), e))?;
+                    fs::write(child.join(file), value.trim())
+                        .map_err(|e| self.io_error("write", &child.join(file), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the v2 directory chain, enabling the root's controllers in every ancestor's
+    /// `subtree_control` (never in the leaf: a cgroup with processes must not delegate).
+    fn create_v2_dirs(&self) -> Result<PathBuf, CgroupError> {
+        let root = Path::new(CGROUP_ROOT);
+        let controllers = fs::read_to_string(root.join("cgroup.controllers"))
+            .map_err(|e| self.io_error("read", &root.join("cgroup.controllers"), e))?;
+        let enable: String = controllers
+            .split_whitespace()
+            .map(|c| format!("+{c} "))
+            .collect();
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        let mut current = root.to_path_buf();
+        for component in rel.components() {
+            enable_subtree(&current, &enable);
+            current.push(component);
+            match fs::create_dir(&current) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(self.io_error("create", &current, e)),
+            }
+        }
+        Ok(current)
+    }
+
+    /// Moves `pid` in through libcgroups: the slow path, for when the child could not join.
     pub fn add_task(&self, pid: i32) -> Result<(), CgroupError> {
-        self.manager
+        self.manager()?
             .add_task(Pid::from_raw(pid))
             .map_err(|e| CgroupError::AddTask {
                 pid,
@@ -210,9 +340,9 @@ impl Cgroup {
             })
     }
 
-    /// Writes the requested limits; on v1 this must follow [`Cgroup::add_task`].
+    /// Writes the requested limits (libcgroups); the directories must exist.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
-        self.manager
+        self.manager()?
             .apply(&ControllerOpt {
                 resources,
                 disable_oom_killer: false,
@@ -226,48 +356,48 @@ impl Cgroup {
     }
 
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
-        if !self.exists() {
-            return Ok(Vec::new());
-        }
         let procs = self.dir("pids").join("cgroup.procs");
-        let text = fs::read_to_string(&procs).map_err(|e| self.op_error("read", e))?;
-        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        match fs::read_to_string(&procs) {
+            Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(self.io_error("read", &procs, e)),
+        }
     }
 
     pub fn freeze(&self) -> Result<(), CgroupError> {
-        self.manager
+        self.manager()?
             .freeze(FreezerState::Frozen)
             .map_err(|e| self.op_error("freeze", e))
     }
 
     pub fn thaw(&self) -> Result<(), CgroupError> {
-        self.manager
+        self.manager()?
             .freeze(FreezerState::Thawed)
             .map_err(|e| self.op_error("thaw", e))
     }
 
     /// Whether the cgroup is frozen (paused).
     pub fn is_frozen(&self) -> bool {
-        match self.version {
-            Version::V1 => fs::read_to_string(self.dir("freezer").join("freezer.state"))
-                .map(|s| s.trim() == "FROZEN")
-                .unwrap_or(false),
-            Version::V2 => fs::read_to_string(self.dir("").join("cgroup.freeze"))
-                .map(|s| s.trim() == "1")
-                .unwrap_or(false),
-        }
+        let (file, frozen) = match self.version {
+            Version::V1 => (self.dir("freezer").join("freezer.state"), "FROZEN"),
+            Version::V2 => (self.dir("").join("cgroup.freeze"), "1"),
+        };
+        fs::read_to_string(file)
+            .map(|s| s.trim() == frozen)
+            .unwrap_or(false)
     }
 
     /// Sends `signal` to every process in the cgroup. For SIGKILL the cgroup is frozen first
     /// (v1) so that nothing can fork past the kill, or `cgroup.kill` is used (v2).
     pub fn signal_all(&self, signal: Signal) -> Result<(), CgroupError> {
-        if !self.exists() {
+        if self.pids()?.is_empty() {
             return Ok(());
         }
         if signal == Signal::SIGKILL && self.version == Version::V2 {
             let kill_file = self.dir("").join("cgroup.kill");
             if kill_file.exists() {
-                return fs::write(&kill_file, "1").map_err(|e| self.op_error("kill", e));
+                return fs::write(&kill_file, "1")
+                    .map_err(|e| self.io_error("write", &kill_file, e));
             }
         }
         let freeze = signal == Signal::SIGKILL;
@@ -287,14 +417,35 @@ impl Cgroup {
 
     /// Kills everything inside and removes the cgroup directories.
     pub fn destroy(&self) -> Result<(), CgroupError> {
-        if !self.exists() {
+        if !self.dirs.iter().any(|(_, d)| d.exists()) {
             return Ok(());
         }
         self.signal_all(Signal::SIGKILL)?;
         self.wait_empty(Duration::from_secs(5));
-        self.manager
-            .remove()
-            .map_err(|e| self.op_error("remove", e))
+        for (_, dir) in &self.dirs {
+            self.remove_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// rmdir, retried while the kernel still counts exiting tasks (EBUSY).
+    fn remove_dir(&self, dir: &Path) -> Result<(), CgroupError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match fs::remove_dir(dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && start.elapsed() < Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => return Err(self.io_error("remove", dir, e)),
+            }
+        }
     }
 
     /// Waits (bounded) until no process is left, so removal does not race the kernel.
@@ -308,21 +459,19 @@ impl Cgroup {
     }
 
     pub fn stats(&self) -> Result<Stats, CgroupError> {
-        self.manager.stats().map_err(|e| self.op_error("stats", e))
+        self.manager()?
+            .stats()
+            .map_err(|e| self.op_error("stats", e))
     }
 
     /// How job-init should show this cgroup at `/sys/fs/cgroup`.
     pub fn mount_plan(&self) -> CgroupMount {
-        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
         match self.version {
             Version::V2 => CgroupMount::V2 {
-                host_dir: Path::new(CGROUP_ROOT).join(rel),
+                host_dir: self.dir(""),
             },
             Version::V1 => CgroupMount::V1 {
-                binds: v1_hierarchies()
-                    .into_iter()
-                    .map(|(name, mount)| (name, mount.join(rel)))
-                    .collect(),
+                binds: self.dirs.clone(),
             },
         }
     }
@@ -333,6 +482,13 @@ impl Cgroup {
             path: self.path.clone(),
             message: e.to_string(),
         }
+    }
+}
+
+/// Best effort: a controller the parent cannot delegate is reported when limits are applied.
+fn enable_subtree(dir: &Path, enable: &str) {
+    for c in enable.split_whitespace() {
+        let _ = fs::write(dir.join("cgroup.subtree_control"), c);
     }
 }
 
@@ -364,13 +520,6 @@ fn v1_hierarchies() -> Vec<(String, PathBuf)> {
         }
     }
     out
-}
-
-fn v1_mount_point(subsystem: &str) -> Option<PathBuf> {
-    v1_hierarchies()
-        .into_iter()
-        .find(|(name, _)| name.split(',').any(|n| n == subsystem))
-        .map(|(_, m)| m)
 }
 
 #[cfg(test)]

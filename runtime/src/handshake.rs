@@ -40,6 +40,7 @@ pub enum PreExecStep {
     Exec = 4,
     WaitGo = 5,
     BecomeRoot = 6,
+    JoinCgroup = 7,
 }
 
 impl PreExecStep {
@@ -51,6 +52,7 @@ impl PreExecStep {
             4 => Self::Exec,
             5 => Self::WaitGo,
             6 => Self::BecomeRoot,
+            7 => Self::JoinCgroup,
             _ => return None,
         })
     }
@@ -63,6 +65,7 @@ impl PreExecStep {
             Self::Exec => "exec job-init",
             Self::WaitGo => "wait for its id maps",
             Self::BecomeRoot => "become root of its user namespace",
+            Self::JoinCgroup => "join its cgroup",
         }
     }
 }

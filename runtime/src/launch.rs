@@ -13,7 +13,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxIdMapping;
 
-use crate::cgroups::{Cgroup, CgroupError};
+use crate::cgroups::{Cgroup, CgroupError, Join};
 use crate::handshake::{
     raw_errno_frame, Channel, FromInit, HandshakeError, InitConfig, PreExecStep, Received, ToInit,
     INIT_FD_ENV,
@@ -100,6 +100,11 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
     let fifo = dup_above(req.fifo, floor)?;
 
     let exec = ExecImage::new(req.init_path, child_end.as_raw_fd(), fifo.as_raw_fd())?;
+    let join = req.cgroup.create()?;
+    let (tasks, into_cgroup): (Vec<RawFd>, Option<RawFd>) = match &join {
+        Join::V1Tasks(fds) => (fds.iter().map(|f| f.as_raw_fd()).collect(), None),
+        Join::V2Dir(fd) => (Vec::new(), Some(fd.as_raw_fd())),
+    };
     let joins: Vec<(RawFd, CloneFlags)> = plan
         .join
         .iter()
@@ -111,9 +116,10 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
             Some(fd) => Some(PidNsGuard::enter(fd)?),
             None => None,
         };
-        match clone_child(plan.clone_flags)? {
+        match clone_child(plan.clone_flags, into_cgroup)? {
             Forked::Child => child_main(
                 plan.new_user,
+                &tasks,
                 &joins,
                 req.stdio,
                 child_end.as_raw_fd(),
@@ -123,6 +129,7 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
             Forked::Parent(pid) => pid,
         }
     };
+    drop(join);
     drop(child_end);
     drop(fifo);
 
@@ -154,9 +161,8 @@ fn parent_handshake(
             linux.gid_mappings().as_deref().unwrap_or_default(),
         )?;
     }
-    // The child is blocked on the handshake read: it is in its cgroup, with its limits in
-    // force, before it even execs job-init.
-    req.cgroup.add_task(pid)?;
+    // The child joined its cgroup itself (see `cgroups::Join`) and now waits for the go
+    // byte: its limits are in force before it even execs job-init.
     if let Some(resources) = linux.resources() {
         req.cgroup.apply(resources)?;
     }
@@ -326,14 +332,20 @@ enum Forked {
     Parent(i32),
 }
 
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// Forks a child into new namespaces with fork semantics: the child continues on a copy of
-/// our stack.
-fn clone_child(flags: CloneFlags) -> Result<Forked, LaunchError> {
-    let args = CloneArgs {
+/// our stack. With `cgroup` (a v2 directory fd) it starts inside that cgroup.
+fn clone_child(flags: CloneFlags, cgroup: Option<RawFd>) -> Result<Forked, LaunchError> {
+    let mut args = CloneArgs {
         flags: flags.bits() as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
     // SAFETY: clone3 with no stack behaves like fork: the child gets a copy of our address
     // space and returns 0 here. The caller then runs `child_main`, which only issues raw
     // syscalls and ends in execve or _exit, so no lock or allocator state of other threads
@@ -345,7 +357,7 @@ fn clone_child(flags: CloneFlags) -> Result<Forked, LaunchError> {
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    if ret == -1 && Errno::last() == Errno::ENOSYS {
+    if ret == -1 && Errno::last() == Errno::ENOSYS && cgroup.is_none() {
         // SAFETY: as above, with the older clone(2) and a null stack (fork semantics).
         ret = unsafe {
             libc::syscall(
@@ -367,14 +379,23 @@ fn clone_child(flags: CloneFlags) -> Result<Forked, LaunchError> {
 
 /// The clone child before job-init: join namespaces given by path, wire up stdio, exec.
 /// Async-signal-safe only: no allocation, no locks, no Rust std I/O.
+#[allow(clippy::too_many_arguments)]
 fn child_main(
     become_root: bool,
+    cgroup_tasks: &[RawFd],
     joins: &[(RawFd, CloneFlags)],
     stdio: Option<[RawFd; 3]>,
     sock: RawFd,
     fifo: RawFd,
     exec: &ExecImage,
 ) -> ! {
+    // Into our cgroup first, while our credentials are still the caller's.
+    for fd in cgroup_tasks {
+        // SAFETY: a raw write of a static byte to an fd the parent opened for us.
+        if unsafe { libc::write(*fd, c"0".as_ptr().cast(), 1) } != 1 {
+            fail(sock, PreExecStep::JoinCgroup);
+        }
+    }
     for (fd, flag) in joins {
         // SAFETY: setns on an fd we opened; a raw syscall with integer arguments.
         if unsafe { libc::setns(*fd, flag.bits()) } != 0 {

@@ -232,7 +232,14 @@ pub fn prepare_rootfs(rootfs: &Path, propagation: MsFlags) -> Result<(), MountEr
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(|e| mount_err(rootfs, "bind rootfs", e))
+    .map_err(|e| {
+        let what = if e == Errno::EACCES {
+            "bind rootfs (the container's root user must be able to reach every directory above it)"
+        } else {
+            "bind rootfs"
+        };
+        mount_err(rootfs, what, e)
+    })
 }
 
 /// What a spec mount needs from the rest of the setup.
