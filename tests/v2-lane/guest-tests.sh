@@ -131,7 +131,7 @@ rt() { $RT --root $RTROOT "$@"; }
 NS_ALL='[{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}, {"type": "cgroup"}]'
 NS_NOPID='[{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}, {"type": "cgroup"}]'
 
-# mkbundle NAME ARGS_JSON [RESOURCES_JSON] [CGROUPS_PATH] [NAMESPACES_JSON]
+# mkbundle NAME ARGS_JSON [RESOURCES_JSON] [CGROUPS_PATH] [NAMESPACES_JSON] [EXTRA_MOUNTS_JSON]
 # A bundle with a busybox rootfs and a literal config.json (no jq in the guest).
 mkbundle() {
   b=$WORKDIR/$1; rm -rf "$b"; mkdir -p "$b/rootfs"
@@ -155,7 +155,7 @@ mkbundle() {
   "mounts": [
     {"destination": "/proc", "type": "proc", "source": "proc"},
     {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-    {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+    {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}$6
   ],
   "linux": {
     $cgp
@@ -438,6 +438,26 @@ t_rt_stats() {
   [ "$pc" -ge 1 ] && [ "$pc" -le $((p + 1)) ] || no "pids current $pc vs pids.current $p"
 }
 
+# What a job sees of its own cgroup: cgroup namespace root, its limits at
+# /sys/fs/cgroup (cgroup2 mount of its own cgroup), read-only.
+t_rt_cgroup_view() {
+  have_rt
+  b=$(mkbundle view '["sh", "-c", "cat /proc/self/cgroup; cat /sys/fs/cgroup/memory.max; cat /sys/fs/cgroup/pids.max; grep /sys/fs/cgroup /proc/mounts; echo 1 >/sys/fs/cgroup/cgroup.kill 2>/dev/null && echo WRITABLE; mkdir /sys/fs/cgroup/x 2>/dev/null && echo WRITABLE; true"]' \
+      '{"memory": {"limit": 67108864}, "pids": {"limit": 33}}' "" "" \
+      ', {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}')
+  out=$(rt run -b "$b" view 2>&1 </dev/null); rc=$?
+  down view
+  log "$(echo "$out" | tr '\n' '|')"
+  [ $rc = 0 ] || no "run exited $rc: $out"
+  echo "$out" | grep -qx '0::/' || no "/proc/self/cgroup inside is not 0::/ (no cgroup namespace?): $out"
+  echo "$out" | grep -qx 67108864 || no "memory.max not visible at /sys/fs/cgroup: $out"
+  echo "$out" | grep -qx 33 || no "pids.max not visible at /sys/fs/cgroup: $out"
+  echo "$out" | grep -q ' /sys/fs/cgroup cgroup2 ' || no "/sys/fs/cgroup inside is not cgroup2: $out"
+  echo "$out" | grep -q WRITABLE && no "the read-only cgroup mount is writable: $out"
+  return 0
+}
+
 # After all runtime tests (each deletes what it made): nothing may be left.
 t_rt_nothing_left() {
   have_rt
@@ -477,7 +497,7 @@ say "v2lane guest: $(uname -r), controllers: $(cat $CG/cgroup.controllers)"
 for t in lane_cgroup2_mounted lane_memory_max_oom lane_pids_max lane_cgroup_kill lane_cpu_max lane_io_device lane_overlay \
          rt_enables_controllers rt_smoke rt_memory_oom rt_memory_swap rt_pids_max rt_cpu_max rt_io_max \
          rt_delete_removes_cgroup rt_kill_all rt_delete_force_nested rt_no_internal_procs \
-         rt_default_spec rt_stats rt_nothing_left; do
+         rt_default_spec rt_cgroup_view rt_stats rt_nothing_left; do
   run_test $t
 done
 
