@@ -98,6 +98,8 @@ pub struct Config {
     pub client_identity_dir: Option<PathBuf>,
     /// The shared read-only rootfs; default `DATA/rootfs`.
     pub rootfs: Option<PathBuf>,
+    /// The job-init binary; default: next to jobd, or `$JOB_RUNTIME_INIT`.
+    pub job_init: Option<PathBuf>,
     /// Limits for fields a request leaves at 0.
     pub default_limits: LimitValues,
     /// The largest limits a request may ask for.
@@ -122,6 +124,7 @@ impl Default for Config {
             tls_dir: None,
             client_identity_dir: None,
             rootfs: None,
+            job_init: None,
             default_limits: LimitValues::default(),
             max_limits: LimitValues::default_ceilings(),
             grace_period_ms: 10_000,

@@ -516,8 +516,21 @@ async fn bad_requests_name_the_field() {
 async fn stop_timeout_states_and_pagination() {
     let h = harness().await;
     let mut c = h.client("root", "admin").await;
-    let long = start(&mut c, sh("trap '' TERM; sleep 30")).await.unwrap();
+    let long = start(&mut c, sh("trap '' TERM; echo ready; sleep 30"))
+        .await
+        .unwrap();
     assert_eq!(long.state, JobState::Running as i32);
+    // Stop only once the trap is in place.
+    let mut s = c
+        .stream_output(StreamOutputRequest {
+            job_id: long.id.clone(),
+            offset: 0,
+            no_follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.message().await.unwrap().unwrap().data, b"ready\n");
     let t = std::time::Instant::now();
     let stopped = c
         .stop_job(StopJobRequest {
@@ -599,7 +612,7 @@ async fn stop_timeout_states_and_pagination() {
 async fn restart_keeps_finished_jobs_and_output_and_settles_stale_ones() {
     let mut h = harness().await;
     let mut c = h.client("root", "admin").await;
-    let job = start(&mut c, sh("printf 'a\\0b'; echo err >&2"))
+    let job = start(&mut c, sh("printf 'a\\0b'; sleep 0.2; echo err >&2"))
         .await
         .unwrap();
     let before = wait_final(&mut c, &job.id).await;

@@ -10,6 +10,8 @@ pub mod db;
 pub mod executor;
 pub mod manager;
 pub mod output;
+pub mod rootfs;
+pub mod runner;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -292,11 +292,17 @@ impl Manager {
             ..Default::default()
         };
         let dir = self.job_dir(&id);
-        std::fs::create_dir_all(&dir).map_err(|source| ManagerError::Io {
-            op: "create job dir",
-            path: dir.clone(),
-            source,
-        })?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o711)
+                .create(&dir)
+                .map_err(|source| ManagerError::Io {
+                    op: "create job dir",
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
         let (log, writer) = OutputLog::create(&dir, self.cfg.output_cap_bytes)?;
         self.db.insert(&job)?;
         let live = Arc::new(Live {

@@ -15,7 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -92,11 +92,13 @@ impl OutputLog {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io("create", &path))?;
         let streams = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(&spath)
             .map_err(io("create", &spath))?;
         let (tx, _) = watch::channel(Progress::default());

@@ -113,16 +113,26 @@ pub async fn start(cfg: Config, exec: Arc<dyn Executor>) -> Result<Running, Serv
     use std::os::unix::fs::PermissionsExt;
     let cfg = Arc::new(cfg);
     manager::ensure_dir(&cfg.data_dir)?;
-    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+    // 0711: jobs' user-namespaced roots must traverse to their bundles; nothing is listable.
+    for dir in [cfg.data_dir.clone(), cfg.data_dir.join("jobs")] {
+        manager::ensure_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| ServerError::Perms {
+                path: dir.clone(),
+                source,
+            },
+        )?;
+    }
+    ensure_certs(&cfg)?;
+    let tls_config = tls::server_config(&ServerTlsFiles::in_dir(&cfg.tls_dir()))?;
+    let db_path = cfg.data_dir.join("jobs.db");
+    let db = Arc::new(Db::open(&db_path)?);
+    std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600)).map_err(
         |source| ServerError::Perms {
-            path: cfg.data_dir.clone(),
+            path: db_path.clone(),
             source,
         },
     )?;
-    manager::ensure_dir(&cfg.data_dir.join("jobs"))?;
-    ensure_certs(&cfg)?;
-    let tls_config = tls::server_config(&ServerTlsFiles::in_dir(&cfg.tls_dir()))?;
-    let db = Arc::new(Db::open(&cfg.data_dir.join("jobs.db"))?);
     let manager = Manager::new(cfg.clone(), db, exec);
     let recovered = manager.recover().await?;
     if recovered > 0 {

@@ -109,12 +109,32 @@ pub struct Harness {
     /// The running daemon.
     pub running: Option<Running>,
     exec: Arc<dyn Executor>,
+    _extra: Option<tempfile::TempDir>,
 }
 
 impl Harness {
     /// Starts a daemon with `exec`; `tweak` may adjust the configuration.
     pub async fn start(exec: Arc<dyn Executor>, tweak: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_with(|_| exec, tweak, None).await
+    }
+
+    /// Starts a daemon whose executor is made from the data directory; `extra` is kept alive
+    /// as long as the harness.
+    pub async fn start_with(
+        make_exec: impl FnOnce(&std::path::Path) -> Arc<dyn Executor>,
+        tweak: impl FnOnce(&mut Config),
+        extra: Option<tempfile::TempDir>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Like /var/lib: traversable by the jobs' user-namespaced roots.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+            if let Some(extra) = &extra {
+                std::fs::set_permissions(extra.path(), std::fs::Permissions::from_mode(0o711))
+                    .unwrap();
+            }
+        }
         let mut cfg = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: dir.path().join("data"),
@@ -123,6 +143,7 @@ impl Harness {
             ..Config::default()
         };
         tweak(&mut cfg);
+        let exec = make_exec(&cfg.data_dir);
         let running = server::start(cfg.clone(), exec.clone())
             .await
             .expect("start jobd");
@@ -131,6 +152,7 @@ impl Harness {
             cfg,
             running: Some(running),
             exec,
+            _extra: extra,
         }
     }
 

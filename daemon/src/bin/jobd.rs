@@ -1,1 +1,161 @@
-fn main() {}
+//! jobd: the mTLS gRPC job service. See daemon/README.md.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use daemon::config::Config;
+use daemon::{certs, manager, rootfs, runner, server};
+
+#[derive(Parser)]
+#[command(
+    name = "jobd",
+    version,
+    about = "the jobworker daemon: runs isolated jobs over mTLS gRPC"
+)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "JOBD_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory [default: /var/lib/jobd].
+    #[arg(long, env = "JOBD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TLS directory with ca.pem, server.pem, server.key [default: DATA/tls].
+    #[arg(long, env = "JOBD_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, env = "JOBD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Certificate management.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Make a CA, a server certificate and an admin client identity in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra subject alternative name for the server certificate (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+    /// Issue a client identity (OUT/ca.pem, OUT/client.pem, OUT/client.key).
+    Issue {
+        /// The TLS directory holding ca.pem and ca.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The client's name (certificate CN).
+        #[arg(long)]
+        name: String,
+        /// admin, user or viewer (certificate OU).
+        #[arg(long)]
+        role: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JOBD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Certs(CertsCmd::Init { dir, sans })) => {
+            let out = certs::init(&dir, &sans)?;
+            println!("wrote CA and server certificate to {}", out.dir.display());
+            println!("admin client identity: {}", out.admin_dir.display());
+            Ok(())
+        }
+        Some(Cmd::Certs(CertsCmd::Issue {
+            dir,
+            name,
+            role,
+            out,
+        })) => {
+            if daemon::auth::Role::parse(&role).is_none() {
+                anyhow::bail!("--role {role:?}: use admin, user or viewer");
+            }
+            let ca = certs::Ca::load(&dir)?;
+            certs::issue_to(&ca, &name, &role, &out)?;
+            println!(
+                "wrote {}/{{ca.pem,client.pem,client.key}} for {name} ({role})",
+                out.display()
+            );
+            Ok(())
+        }
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(t) = args.tls_dir {
+        cfg.tls_dir = Some(t);
+    }
+    cfg.validate()?;
+    // Orphaned descendants of jobs come to jobd, not to PID 1.
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_CHILD_SUBREAPER)");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        manager::ensure_dir(&cfg.data_dir)?;
+        let rootfs_dir = cfg.rootfs();
+        let rootfs = if rootfs_dir.join("bin").exists() && cfg.rootfs.is_some() {
+            rootfs_dir
+        } else {
+            tokio::task::spawn_blocking(move || rootfs::build_default_rootfs(&rootfs_dir)).await??
+        };
+        let exec = runner::RuntimeExecutor {
+            rootfs,
+            state_root: cfg.data_dir.join("runtime"),
+            init_path: cfg.job_init.clone(),
+        };
+        let running = server::start(cfg, Arc::new(exec)).await?;
+        tokio::spawn(manager::run_reaper(running.manager.children()));
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        running.shutdown().await?;
+        Ok(())
+    })
+}

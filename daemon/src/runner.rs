@@ -1,0 +1,732 @@
+//! jobd's executor: each job is an OCI bundle made from the runtime library's secure default
+//! spec, started in-process through `runtime::container` (job-init as the re-exec), on a private
+//! writable overlayfs layer over the shared read-only default rootfs.
+//!
+//! Per job, under `DATA/jobs/ID/`:
+//! - `layer/upper`, `layer/work`: the job's private overlay layer (its `/work` and `/tmp` and any
+//!   other change live here), owned by the container's root as the host sees it;
+//! - `bundle/config.json` and `bundle/rootfs` (the overlay mount: shared rootfs below, private
+//!   layer above).
+//!
+//! The container's state lives under `DATA/runtime/ID`, its cgroup at `/jobd/ID`.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::AtFlags;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::Signal;
+use nix::unistd::{fchownat, Gid, Uid};
+use runtime::container::{self, Container, CreateOptions};
+use serde_json::{json, Value};
+
+use crate::config::LimitValues;
+use crate::executor::{ExecError, Executor, JobHandle, JobStats, LaunchRequest};
+
+/// The cgroup parent of every job.
+pub const CGROUP_PARENT: &str = "/jobd";
+
+fn host(op: &'static str, job_id: &str, reason: impl ToString) -> ExecError {
+    ExecError::Host {
+        op,
+        job_id: job_id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Runs jobs through the runtime library.
+#[derive(Debug, Clone)]
+pub struct RuntimeExecutor {
+    /// The shared read-only rootfs (overlay lower layer).
+    pub rootfs: PathBuf,
+    /// The runtime's state root.
+    pub state_root: PathBuf,
+    /// job-init; `None` = the runtime's default (next to this executable, or `$JOB_RUNTIME_INIT`).
+    pub init_path: Option<PathBuf>,
+}
+
+struct Layout {
+    bundle: PathBuf,
+    merged: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    layer: PathBuf,
+}
+
+fn layout(job_dir: &Path) -> Layout {
+    let bundle = job_dir.join("bundle");
+    let layer = job_dir.join("layer");
+    Layout {
+        merged: bundle.join("rootfs"),
+        upper: layer.join("upper"),
+        work: layer.join("work"),
+        bundle,
+        layer,
+    }
+}
+
+fn mkdir(path: &Path, mode: u32, job_id: &str) -> Result<(), ExecError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| {
+            host(
+                "create directory",
+                job_id,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| host("chmod", job_id, format!("{}: {e}", path.display())))
+}
+
+fn chown(path: &Path, id: u32, job_id: &str) -> Result<(), ExecError> {
+    fchownat(
+        None,
+        path,
+        Some(Uid::from_raw(id)),
+        Some(Gid::from_raw(id)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| host("chown", job_id, format!("{}: {e}", path.display())))
+}
+
+/// Chowns a tree (never following symlinks) to `id`.
+fn chown_tree(path: &Path, id: u32, job_id: &str) -> Result<(), ExecError> {
+    chown(path, id, job_id)?;
+    let meta = fs::symlink_metadata(path)
+        .map_err(|e| host("stat", job_id, format!("{}: {e}", path.display())))?;
+    if meta.is_dir() {
+        let entries = fs::read_dir(path)
+            .map_err(|e| host("read directory", job_id, format!("{}: {e}", path.display())))?;
+        for e in entries.flatten() {
+            chown_tree(&e.path(), id, job_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// The whole-disk block device (major, minor) that holds `path`, for blkio throttles.
+fn block_device(path: &Path) -> Option<(u64, u64)> {
+    let dev = fs::metadata(path).ok()?.dev();
+    let (maj, min) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+    if sys.join("partition").exists() {
+        let parent = fs::read_to_string(sys.join("..").join("dev")).ok()?;
+        let (a, b) = parent.trim().split_once(':')?;
+        return Some((a.parse().ok()?, b.parse().ok()?));
+    }
+    sys.exists().then_some((maj, min))
+}
+
+/// The bundle's config.json: the runtime's default spec with this job's command, environment,
+/// working directory, writable root (the private overlay) and limits.
+fn job_spec(req: &LaunchRequest, dev: Option<(u64, u64)>) -> Result<Value, ExecError> {
+    let spec = runtime::spec::default_spec(&req.argv);
+    let mut v = serde_json::to_value(&spec).map_err(|e| host("encode spec", &req.job_id, e))?;
+    let process = &mut v["process"];
+    let mut env: Vec<String> = process["env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    for kv in &req.env {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(kv.clone());
+    }
+    env.push("HOME=/work".into());
+    process["env"] = json!(env);
+    process["cwd"] = json!(req.working_dir);
+    v["root"] = json!({ "path": "rootfs", "readonly": false });
+    let l: &LimitValues = &req.limits;
+    let linux = &mut v["linux"];
+    linux["cgroupsPath"] = json!(format!("{CGROUP_PARENT}/{}", req.job_id));
+    let res = &mut linux["resources"];
+    res["memory"] = json!({ "limit": l.memory_bytes });
+    res["cpu"] = json!({ "quota": l.cpu_millicores as i64 * 100, "period": 100_000u64 });
+    res["pids"] = json!({ "limit": l.pids });
+    if let Some((major, minor)) = dev {
+        let mut bio = serde_json::Map::new();
+        for (key, rate) in [
+            ("throttleReadBpsDevice", l.io_read_bps),
+            ("throttleWriteBpsDevice", l.io_write_bps),
+            ("throttleReadIOPSDevice", l.io_read_iops),
+            ("throttleWriteIOPSDevice", l.io_write_iops),
+        ] {
+            if rate > 0 {
+                bio.insert(
+                    key.into(),
+                    json!([{ "major": major, "minor": minor, "rate": rate }]),
+                );
+            }
+        }
+        if !bio.is_empty() {
+            res["blockIO"] = Value::Object(bio);
+        }
+    }
+    Ok(v)
+}
+
+fn host_root_id() -> u32 {
+    runtime::spec::DEFAULT_HOST_ID_BASE
+}
+
+impl RuntimeExecutor {
+    fn prepare(&self, req: &LaunchRequest, lay: &Layout) -> Result<(), ExecError> {
+        let id = &req.job_id;
+        let owner = host_root_id();
+        mkdir(&lay.upper, 0o755, id)?;
+        mkdir(&lay.work, 0o700, id)?;
+        mkdir(&lay.merged, 0o755, id)?;
+        chown(&lay.upper, owner, id)?;
+        // The job's working directory and /tmp, in its private layer, owned by its root.
+        let wd = lay.upper.join(req.working_dir.trim_start_matches('/'));
+        mkdir(&wd, 0o755, id)?;
+        let tmp = lay.upper.join("tmp");
+        mkdir(&tmp, 0o1777, id)?;
+        chown(&tmp, owner, id)?;
+        if !req.input_tar.is_empty() {
+            let mut ar = tar::Archive::new(req.input_tar.as_slice());
+            ar.set_preserve_permissions(false);
+            ar.set_preserve_mtime(true);
+            ar.set_unpack_xattrs(false);
+            ar.set_overwrite(true);
+            ar.unpack(&wd).map_err(|e| {
+                ExecError::Job(format!(
+                    "spec.input_tar: unpack into {}: {e}",
+                    req.working_dir
+                ))
+            })?;
+        }
+        chown_tree(&wd, owner, id)?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.rootfs.display(),
+            lay.upper.display(),
+            lay.work.display()
+        );
+        mount(
+            Some("overlay"),
+            &lay.merged,
+            Some("overlay"),
+            MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            Some(opts.as_str()),
+        )
+        .map_err(|e| {
+            host(
+                "mount overlay",
+                id,
+                format!("{}: {e}", lay.merged.display()),
+            )
+        })?;
+        Ok(())
+    }
+
+    fn create(&self, req: &LaunchRequest, lay: &Layout) -> Result<Container, ExecError> {
+        let id = &req.job_id;
+        let dev = block_device(&req.job_dir);
+        let spec = job_spec(req, dev)?;
+        let text = serde_json::to_vec_pretty(&spec).map_err(|e| host("encode spec", id, e))?;
+        runtime::spec::write_atomic(&lay.bundle.join("config.json"), &text)
+            .map_err(|e| host("write config.json", id, e))?;
+        let devnull: OwnedFd = fs::File::open("/dev/null")
+            .map_err(|e| host("open /dev/null", id, e))?
+            .into();
+        let mut opts = CreateOptions::new(id, &lay.bundle, &self.state_root);
+        opts.stdio = Some([
+            devnull.as_raw_fd(),
+            req.stdout.as_raw_fd(),
+            req.stderr.as_raw_fd(),
+        ]);
+        opts.init_path = self.init_path.clone();
+        let mut c = container::create(&opts).map_err(|e| ExecError::Job(e.to_string()))?;
+        if let Err(e) = c.start() {
+            let _ = c.delete(true);
+            return Err(ExecError::Job(e.to_string()));
+        }
+        Ok(c)
+    }
+
+    fn teardown(&self, job_id: &str, job_dir: &Path) -> Result<(), ExecError> {
+        let mut first_err = None;
+        match Container::load(&self.state_root, job_id) {
+            Ok(c) => {
+                if let Err(e) = c.delete(true) {
+                    first_err.get_or_insert(host("delete container", job_id, e));
+                }
+            }
+            Err(e) => {
+                // Nothing recorded (never created, or already deleted): make sure no cgroup is left.
+                tracing::debug!(job_id, error = %e, "no container state");
+                if let Ok(cg) = runtime::cgroups::Cgroup::open(
+                    Path::new(&format!("{CGROUP_PARENT}/{job_id}")),
+                    false,
+                    job_id,
+                ) {
+                    if let Err(e) = cg.destroy() {
+                        first_err.get_or_insert(host("remove cgroup", job_id, e));
+                    }
+                }
+            }
+        }
+        let lay = layout(job_dir);
+        match umount2(&lay.merged, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                first_err.get_or_insert(host("unmount overlay", job_id, e));
+            }
+        }
+        for dir in [&lay.bundle, &lay.layer] {
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_err.get_or_insert(host(
+                        "remove",
+                        job_id,
+                        format!("{}: {e}", dir.display()),
+                    ));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Executor for RuntimeExecutor {
+    fn launch(&self, req: LaunchRequest) -> Result<Box<dyn JobHandle>, ExecError> {
+        let lay = layout(&req.job_dir);
+        let started = self
+            .prepare(&req, &lay)
+            .and_then(|()| self.create(&req, &lay));
+        match started {
+            Ok(c) => Ok(Box::new(RuntimeHandle {
+                job_id: req.job_id.clone(),
+                job_dir: req.job_dir.clone(),
+                pid: c.pid(),
+                pid_start: c.state().pid_start_time,
+                cgroup_path: c.state().cgroup_path.clone(),
+                exec: self.clone(),
+            })),
+            Err(e) => {
+                if let Err(t) = self.teardown(&req.job_id, &req.job_dir) {
+                    tracing::warn!(job_id = %req.job_id, error = %t, "cleanup after failed launch");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn cleanup_stale(&self, job_id: &str, job_dir: &Path) -> Result<(), ExecError> {
+        self.teardown(job_id, job_dir)
+    }
+}
+
+/// A job started through the runtime.
+#[derive(Debug)]
+pub struct RuntimeHandle {
+    job_id: String,
+    job_dir: PathBuf,
+    pid: i32,
+    pid_start: u64,
+    cgroup_path: PathBuf,
+    exec: RuntimeExecutor,
+}
+
+impl RuntimeHandle {
+    fn cgroup(&self) -> Result<runtime::cgroups::Cgroup, ExecError> {
+        runtime::cgroups::Cgroup::open(&self.cgroup_path, false, &self.job_id)
+            .map_err(|e| host("open cgroup", &self.job_id, e))
+    }
+
+    /// Reads `key N` from a cgroup file of the memory controller.
+    fn memory_counter(&self, v1_file: &str, v2_file: &str, key: &str) -> Option<u64> {
+        let rel = self
+            .cgroup_path
+            .strip_prefix("/")
+            .unwrap_or(&self.cgroup_path);
+        let path = match runtime::cgroups::host_version().ok()? {
+            runtime::cgroups::Version::V1 => {
+                Path::new("/sys/fs/cgroup/memory").join(rel).join(v1_file)
+            }
+            runtime::cgroups::Version::V2 => Path::new("/sys/fs/cgroup").join(rel).join(v2_file),
+        };
+        let text = fs::read_to_string(path).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+}
+
+impl JobHandle for RuntimeHandle {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn pid_start(&self) -> u64 {
+        self.pid_start
+    }
+
+    fn signal_all(&self, signal: Signal) -> Result<(), ExecError> {
+        self.cgroup()?
+            .signal_all(signal)
+            .map_err(|e| host("signal", &self.job_id, e))
+    }
+
+    fn stats(&self) -> Result<JobStats, ExecError> {
+        let s = self
+            .cgroup()?
+            .stats()
+            .map_err(|e| host("stats", &self.job_id, e))?;
+        let v2 = matches!(
+            runtime::cgroups::host_version(),
+            Ok(runtime::cgroups::Version::V2)
+        );
+        let io = |op: &str| {
+            s.blkio
+                .service_bytes
+                .iter()
+                .filter(|d| {
+                    d.op_type
+                        .as_deref()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(op))
+                })
+                .map(|d| d.value)
+                .sum::<u64>()
+        };
+        Ok(JobStats {
+            // v1 reports nanoseconds, v2 microseconds.
+            cpu_usage_ns: if v2 {
+                s.cpu.usage.usage_total.saturating_mul(1000)
+            } else {
+                s.cpu.usage.usage_total
+            },
+            memory_current_bytes: s.memory.memory.usage,
+            memory_peak_bytes: s.memory.memory.max_usage.max(s.memory.memory.usage),
+            io_read_bytes: io("read"),
+            io_write_bytes: io("write"),
+            pids_current: s.pids.current,
+        })
+    }
+
+    fn oom_killed(&self) -> bool {
+        self.memory_counter("memory.oom_control", "memory.events", "oom_kill")
+            .is_some_and(|n| n > 0)
+    }
+
+    fn destroy(&self) -> Result<(), ExecError> {
+        self.exec.teardown(&self.job_id, &self.job_dir)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Real jobs through the runtime library (root only): these need the `job-init` binary of
+    //! this workspace (built by `cargo build --workspace` / `cargo test --workspace`).
+
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use proto::job_service_client::JobServiceClient;
+    use proto::*;
+    use tonic::transport::Channel;
+
+    use crate::testutil::Harness;
+
+    /// A static busybox rootfs for tests (jobd itself uses the rootfs-builder default rootfs).
+    pub(crate) fn busybox_rootfs(dir: &Path) -> Option<PathBuf> {
+        let bb = ["/usr/bin/busybox", "/bin/busybox"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_file())?;
+        let root = dir.join("rootfs");
+        for d in ["bin", "proc", "dev", "sys", "tmp", "work", "etc"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::copy(bb, root.join("bin/busybox")).unwrap();
+        for app in [
+            "sh", "echo", "cat", "sleep", "head", "dd", "ls", "true", "hostname", "id", "ps",
+            "kill", "tail", "wc", "yes", "mkdir", "touch", "printf", "grep",
+        ] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(app)).unwrap();
+        }
+        fs::write(root.join("etc/passwd"), "root:x:0:0:root:/work:/bin/sh\n").unwrap();
+        Some(root)
+    }
+
+    /// job-init next to the test binary's target directory.
+    pub(crate) fn job_init() -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let p = exe.parent()?.parent()?.join("job-init");
+        p.is_file().then_some(p)
+    }
+
+    /// A harness running jobs through the runtime, or `None` (with a note) where that cannot
+    /// work: not root, or job-init not built.
+    pub(crate) async fn runtime_harness(
+        tweak: impl FnOnce(&mut crate::config::Config),
+    ) -> Option<Harness> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        let Some(init) = job_init() else {
+            panic!("job-init is not built next to the test binary: run `cargo build -p job-init` first");
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = busybox_rootfs(tmp.path()).expect("busybox for the test rootfs");
+        let h = Harness::start_with(
+            move |data| {
+                Arc::new(RuntimeExecutor {
+                    rootfs,
+                    state_root: data.join("runtime"),
+                    init_path: Some(init),
+                })
+            },
+            tweak,
+            Some(tmp),
+        )
+        .await;
+        Some(h)
+    }
+
+    fn sh(script: &str) -> JobSpec {
+        JobSpec {
+            command: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    async fn start(c: &mut JobServiceClient<Channel>, spec: JobSpec) -> Job {
+        c.start_job(StartJobRequest { spec: Some(spec) })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+    }
+
+    async fn finish(c: &mut JobServiceClient<Channel>, id: &str) -> (Job, Vec<u8>) {
+        let mut s = c
+            .stream_output(StreamOutputRequest {
+                job_id: id.into(),
+                offset: 0,
+                no_follow: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(ch) = tokio::time::timeout(Duration::from_secs(60), s.message())
+            .await
+            .expect("output timed out")
+            .unwrap()
+        {
+            out.extend_from_slice(&ch.data);
+        }
+        let mut w = c
+            .watch_job(WatchJobRequest { job_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(ev) = w.message().await.unwrap() {
+            last = ev.job;
+        }
+        (last.unwrap(), out)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_job_is_isolated_and_its_output_streams() {
+        let Some(h) = runtime_harness(|_| {}).await else {
+            return;
+        };
+        let mut c = h.client("root", "admin").await;
+        let job = start(
+            &mut c,
+            sh("echo pid=$$ host=$(hostname) uid=$(id -u) cwd=$(pwd); echo err >&2; exit 7"),
+        )
+        .await;
+        assert_eq!(job.state, JobState::Running as i32, "{job:?}");
+        let (done, out) = finish(&mut c, &job.id).await;
+        // stdout and stderr are separate pipes: each keeps its order, not their interleaving.
+        let mut lines: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();
+        lines.sort();
+        assert_eq!(lines, ["err", "pid=1 host=job uid=0 cwd=/work"], "{done:?}");
+        assert_eq!(
+            (done.state, done.exit_code),
+            (JobState::Exited as i32, Some(7))
+        );
+        // Cleaned: no overlay mount, no runtime state, no cgroup.
+        let dir = h.cfg.data_dir.join("jobs").join(&job.id);
+        assert!(!dir.join("bundle").exists());
+        assert!(!h.cfg.data_dir.join("runtime").join(&job.id).exists());
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&job.id));
+        // Not found: a failed record with the runtime's reason.
+        let bad = start(
+            &mut c,
+            JobSpec {
+                command: "nonexistent-prog".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(bad.state, JobState::Failed as i32);
+        assert!(
+            bad.failure_reason.contains("nonexistent-prog"),
+            "{}",
+            bad.failure_reason
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_jobs_have_private_files_and_get_their_input() {
+        let Some(h) = runtime_harness(|_| {}).await else {
+            return;
+        };
+        let mut c = h.client("root", "admin").await;
+        let mut b = tar::Builder::new(Vec::new());
+        let script = b"echo from x.sh; echo secret > /tmp/s; echo mine > /work/f; cat /work/f\n";
+        let mut hd = tar::Header::new_gnu();
+        hd.set_size(script.len() as u64);
+        hd.set_mode(0o644);
+        hd.set_cksum();
+        b.append_data(&mut hd, "x.sh", &script[..]).unwrap();
+        let mut spec = JobSpec {
+            command: "sh".into(),
+            args: vec!["x.sh".into()],
+            ..Default::default()
+        };
+        spec.input_tar = b.into_inner().unwrap();
+        let a = start(&mut c, spec).await;
+        let (done, out) = finish(&mut c, &a.id).await;
+        assert_eq!(out, b"from x.sh\nmine\n", "{done:?}");
+        let other = start(
+            &mut c,
+            sh("ls -A /tmp /work; cat /tmp/s 2>&1; touch /bin/x 2>&1; echo rc=$?"),
+        )
+        .await;
+        let (_, out) = finish(&mut c, &other.id).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("secret") && !text.contains("x.sh"), "{text}");
+        assert!(
+            text.contains("rc=1"),
+            "the shared rootfs must not be writable: {text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_stop_kills_grandchildren() {
+        let Some(h) = runtime_harness(|_| {}).await else {
+            return;
+        };
+        let mut c = h.client("root", "admin").await;
+        let job = start(
+            &mut c,
+            sh("trap '' TERM; (sleep 1000 &) ; sh -c 'sleep 1001 & wait' & echo up; sleep 1002"),
+        )
+        .await;
+        // Wait for "up", then collect the job's host pids from its cgroup.
+        let mut s = c
+            .stream_output(StreamOutputRequest {
+                job_id: job.id.clone(),
+                offset: 0,
+                no_follow: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.message().await.unwrap().unwrap().data, b"up\n");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cg = runtime::cgroups::Cgroup::open(
+            Path::new(&format!("{CGROUP_PARENT}/{}", job.id)),
+            false,
+            &job.id,
+        )
+        .unwrap();
+        let pids = cg.pids().unwrap();
+        assert!(pids.len() >= 4, "{pids:?}");
+        let stopped = c
+            .stop_job(StopJobRequest {
+                job_id: job.id.clone(),
+                grace_period_ms: 500,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(stopped.state, JobState::Stopped as i32, "{stopped:?}");
+        for pid in pids {
+            let alive = Path::new(&format!("/proc/{pid}")).exists()
+                && fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .map(|c| c.contains(&job.id))
+                    .unwrap_or(false);
+            assert!(!alive, "pid {pid} of the job survived the stop");
+        }
+        assert!(!cg.exists(), "the job's cgroup was not removed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_memory_limit_sets_oom_killed() {
+        let Some(h) = runtime_harness(|_| {}).await else {
+            return;
+        };
+        let mut c = h.client("root", "admin").await;
+        let mut spec =
+            sh("echo start; dd if=/dev/zero of=/dev/null bs=200M count=1; echo survived");
+        spec.limits = Some(Limits {
+            memory_bytes: 32 << 20,
+            ..Default::default()
+        });
+        let job = start(&mut c, spec).await;
+        let (done, out) = finish(&mut c, &job.id).await;
+        assert!(
+            done.oom_killed,
+            "{done:?} {}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_stats_are_live() {
+        let Some(h) = runtime_harness(|_| {}).await else {
+            return;
+        };
+        let mut c = h.client("root", "admin").await;
+        let job = start(
+            &mut c,
+            sh("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 5"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let s = c
+            .get_stats(GetStatsRequest {
+                job_id: job.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(s.live);
+        assert!(s.cpu_usage_ns > 1_000_000, "{s:?}");
+        assert!(s.memory_current_bytes > 0, "{s:?}");
+        assert!(s.pids_current >= 1, "{s:?}");
+        c.stop_job(StopJobRequest {
+            job_id: job.id.clone(),
+            grace_period_ms: 100,
+        })
+        .await
+        .unwrap();
+    }
+}
