@@ -79,9 +79,11 @@ pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
         .take(HEAD_LEN as u64)
         .read_to_end(&mut head)
         .map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
     let mut src = Source {
         file,
         head,
+        len,
         path: path.to_path_buf(),
     };
     parse(&mut src)
@@ -91,12 +93,17 @@ pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
 struct Source {
     file: File,
     head: Vec<u8>,
+    len: u64,
     path: PathBuf,
 }
 
 impl Source {
     fn bytes(&mut self, off: u64, len: usize, what: &'static str) -> Result<Vec<u8>, ElfError> {
         let end = off.checked_add(len as u64).ok_or(self.corrupt(what))?;
+        // Sizes come from the file: never allocate more than the file holds.
+        if end > self.len {
+            return Err(self.corrupt(what));
+        }
         if end <= self.head.len() as u64 {
             return Ok(self.head[off as usize..end as usize].to_vec());
         }

@@ -83,6 +83,9 @@ pub struct Options {
     /// Set owners from the archive (only possible as root).
     pub ownership: bool,
     pub shift: IdShift,
+    /// Create device nodes and fifos (image layers, as root); an outer archive of blobs has
+    /// no business holding any.
+    pub devices: bool,
 }
 
 /// Extracts layers into one root, in order.
@@ -417,6 +420,10 @@ impl Extractor {
         mode: u32,
         ctx: &Ctx<'_>,
     ) -> Result<(), ExtractError> {
+        if !self.opts.devices {
+            tracing::debug!(entry = %ctx.entry.display(), "skipping special file");
+            return Ok(());
+        }
         let header = entry.header();
         let (ftype, dev) = match header.entry_type() {
             tar::EntryType::Fifo => (FileType::Fifo, 0),

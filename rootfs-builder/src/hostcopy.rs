@@ -55,6 +55,9 @@ pub enum FileMode {
 #[derive(Debug)]
 pub struct HostCopy {
     root: PathBuf,
+    /// The staging tree's real path: a copied host directory that contains it (say
+    /// `--with /tmp` while building in /tmp) must not copy it into itself.
+    real_root: PathBuf,
     done: HashSet<PathBuf>,
     inputs: BTreeMap<PathBuf, Option<Fingerprint>>,
 }
@@ -63,6 +66,7 @@ impl HostCopy {
     pub fn new(root: &Path) -> Self {
         HostCopy {
             root: root.to_path_buf(),
+            real_root: fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
             done: HashSet::new(),
             inputs: BTreeMap::new(),
         }
@@ -173,6 +177,9 @@ impl HostCopy {
         for entry in entries {
             let child_rel = rel.join(entry.file_name());
             let path = base.join(&child_rel);
+            if path == self.real_root {
+                continue;
+            }
             let meta = fs::symlink_metadata(&path).map_err(io(&path))?;
             if !keep(&child_rel, meta.is_dir()) {
                 continue;

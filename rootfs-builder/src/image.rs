@@ -195,6 +195,7 @@ pub fn build(req: &ImageRequest) -> Result<BuiltRootfs, ImageError> {
             whiteouts: true,
             ownership: true,
             shift: req.shift,
+            devices: true,
         },
     )?;
     extractor.own_root()?;
@@ -243,9 +244,25 @@ fn unpack_archive(archive: &Path, out: &Path) -> Result<tempfile::TempDir, Image
             whiteouts: false,
             ownership: false,
             shift: IdShift::default(),
+            devices: false,
         },
     )?;
-    ex.apply(BufReader::new(file), &archive.display().to_string())?;
+    let name = archive.display().to_string();
+    // `docker save | gzip` and compressed OCI archives are common: accept them too.
+    let mut reader = BufReader::new(file);
+    match sniff(&mut reader).map_err(io_err(archive))? {
+        Compression::Gzip => ex.apply(flate2::bufread::MultiGzDecoder::new(reader), &name)?,
+        Compression::Zstd => ex.apply(
+            zstd::stream::read::Decoder::with_buffer(reader).map_err(|source| {
+                ExtractError::Corrupt {
+                    layer: name.clone(),
+                    source,
+                }
+            })?,
+            &name,
+        )?,
+        Compression::None | Compression::Sniff => ex.apply(reader, &name)?,
+    }
     Ok(dir)
 }
 

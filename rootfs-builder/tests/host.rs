@@ -197,9 +197,18 @@ fn with_paths_and_scripts_bring_what_they_name() {
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
     let out = tmp.path().join("rootfs");
     let mut req = request(&out, &[script.to_str().unwrap()]);
-    req.with = vec![data.clone()];
+    // The whole temporary directory, which also holds the build's own staging directory.
+    req.with = vec![tmp.path().to_path_buf()];
     host::build(&req).unwrap();
     let staged = |p: &Path| out.join(p.strip_prefix("/").unwrap());
+    let copied: Vec<_> = fs::read_dir(staged(tmp.path()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        copied.iter().all(|n| !n.contains(".tmp-")),
+        "staging copied into itself: {copied:?}"
+    );
     assert_eq!(
         fs::read_to_string(staged(&data.join("sub/file.txt"))).unwrap(),
         "hello"

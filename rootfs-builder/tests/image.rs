@@ -350,8 +350,11 @@ fn docker_save_archive_is_read() {
         r#"[{"Config":"c.json","RepoTags":["x:latest"],"Layers":["abc/layer.tar","def/layer.tar"]}]"#,
     )
     .unwrap();
-    let archive = tmp.path().join("save.tar");
-    tar_dir(&dir, &archive);
+    let plain = tmp.path().join("save.tar");
+    tar_dir(&dir, &plain);
+    // As `docker save | gzip` writes it.
+    let archive = tmp.path().join("save.tar.gz");
+    fs::write(&archive, gzip(&fs::read(&plain).unwrap())).unwrap();
     let out = tmp.path().join("rootfs");
     let first = image::build(&request(&archive, &out)).unwrap();
     assert_eq!(fs::read_to_string(out.join("hello")).unwrap(), "docker");
