@@ -219,6 +219,60 @@ mod tests {
         assert!(cache.lookup("libc.so.6").next().is_some());
     }
 
+    /// A new-format cache with `(key, value)` entries, optionally behind an old-format table
+    /// of `old` entries, as ldconfig before glibc 2.32 wrote it.
+    fn synthetic(entries: &[(&str, &str)], old: Option<usize>) -> Vec<u8> {
+        let mut new = NEW_MAGIC.to_vec();
+        new.extend((entries.len() as u32).to_ne_bytes());
+        new.resize(NEW_HEADER_LEN, 0);
+        let strings_at = NEW_HEADER_LEN + entries.len() * NEW_ENTRY_LEN;
+        let mut strings = Vec::new();
+        for (k, v) in entries {
+            let key = (strings_at + strings.len()) as u32;
+            strings.extend(k.as_bytes());
+            strings.push(0);
+            let value = (strings_at + strings.len()) as u32;
+            strings.extend(v.as_bytes());
+            strings.push(0);
+            new.extend(0x0303i32.to_ne_bytes());
+            new.extend(key.to_ne_bytes());
+            new.extend(value.to_ne_bytes());
+            new.extend([0u8; 12]);
+        }
+        new.extend(strings);
+        let Some(n) = old else {
+            return new;
+        };
+        let mut bytes = OLD_MAGIC.to_vec();
+        bytes.resize(12, 0);
+        bytes.extend((n as u32).to_ne_bytes());
+        bytes.resize(OLD_HEADER_LEN + n * OLD_ENTRY_LEN, 0);
+        bytes.resize(bytes.len().div_ceil(8) * 8, 0);
+        bytes.extend(new);
+        bytes
+    }
+
+    #[test]
+    fn synthetic_caches_in_both_layouts() {
+        let entries = [
+            ("libfoo.so.1", "/opt/foo/lib/libfoo.so.1"),
+            ("libfoo.so.1", "/usr/lib/libfoo.so.1"),
+            ("libbar.so.2", "/lib/libbar.so.2"),
+        ];
+        for old in [None, Some(3)] {
+            let cache = parse(&synthetic(&entries, old), Path::new("/x")).unwrap();
+            let foo: Vec<_> = cache.lookup("libfoo.so.1").collect();
+            assert_eq!(
+                foo,
+                vec![
+                    Path::new("/opt/foo/lib/libfoo.so.1"),
+                    Path::new("/usr/lib/libfoo.so.1")
+                ]
+            );
+            assert_eq!(cache.len(), 3);
+        }
+    }
+
     #[test]
     fn truncated_cache_is_an_error() {
         let bytes = std::fs::read("/etc/ld.so.cache").unwrap();

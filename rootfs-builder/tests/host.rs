@@ -313,3 +313,88 @@ fn distribution_python_runs_too() {
     );
     assert_eq!(String::from_utf8_lossy(&run.stdout), "ok\n");
 }
+
+/// A program that finds its library through `$ORIGIN/../lib`, as DT_RUNPATH (the linker's
+/// default) and as DT_RPATH: the library must come along and load inside the rootfs.
+#[test]
+fn origin_relative_rpath_and_runpath_are_followed() {
+    if Command::new("cc").arg("--version").output().is_err() {
+        eprintln!("skipping: no C compiler (cc)");
+        return;
+    }
+    for (variant, dtags) in [
+        ("runpath", "-Wl,--enable-new-dtags"),
+        ("rpath", "-Wl,--disable-new-dtags"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("app");
+        fs::create_dir_all(app.join("lib")).unwrap();
+        fs::create_dir_all(app.join("bin")).unwrap();
+        fs::write(
+            tmp.path().join("greet.c"),
+            "const char *greet(void) { return \"hi from lib\"; }\n",
+        )
+        .unwrap();
+        fs::write(
+            tmp.path().join("main.c"),
+            "#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n",
+        )
+        .unwrap();
+        let cc = |args: &[&str]| {
+            let out = Command::new("cc")
+                .current_dir(tmp.path())
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "cc {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        cc(&["-shared", "-fPIC", "-o", "app/lib/libgreet.so", "greet.c"]);
+        cc(&[
+            "-o",
+            "app/bin/hello",
+            "main.c",
+            "-Lapp/lib",
+            "-lgreet",
+            "-Wl,-rpath,$ORIGIN/../lib",
+            dtags,
+        ]);
+        let info = elf::read(&app.join("bin/hello")).unwrap();
+        let tag = if variant == "runpath" {
+            &info.runpath
+        } else {
+            &info.rpath
+        };
+        assert_eq!(
+            tag,
+            &vec!["$ORIGIN/../lib".to_string()],
+            "{variant}: {info:?}"
+        );
+
+        let out = tmp.path().join("rootfs");
+        let program = app.join("bin/hello");
+        host::build(&request(&out, &[program.to_str().unwrap()])).unwrap();
+        let staged = out.join(app.join("lib/libgreet.so").strip_prefix("/").unwrap());
+        assert!(staged.is_file(), "{variant}: library not copied");
+        if is_root() {
+            // ld.so finds the main program's $ORIGIN through /proc/self/exe, so /proc must be
+            // mounted (as job-runtime does); a private mount namespace keeps the host clean.
+            let run = Command::new("unshare")
+                .args(["--mount", "--pid", "--fork"])
+                .arg(format!("--mount-proc={}", out.join("proc").display()))
+                .arg("chroot")
+                .arg(&out)
+                .arg(&program)
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&run.stdout),
+                "hi from lib\n",
+                "{variant}"
+            );
+        }
+    }
+}
