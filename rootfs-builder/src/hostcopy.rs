@@ -90,6 +90,13 @@ impl HostCopy {
 
     /// Copies `host` (with every symlink on its way) and returns the real path it names.
     pub fn add(&mut self, host: &Path, mode: FileMode) -> Result<PathBuf, CopyError> {
+        let absolute;
+        let host = if host.is_absolute() {
+            host
+        } else {
+            absolute = std::path::absolute(host).map_err(io(host))?;
+            &absolute
+        };
         let mut pending: VecDeque<OsString> = normal_components(host);
         let mut cur = PathBuf::from("/");
         let mut hops = 0;

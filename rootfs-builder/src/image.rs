@@ -200,7 +200,7 @@ pub fn build(req: &ImageRequest) -> Result<BuiltRootfs, ImageError> {
     )?;
     extractor.own_root()?;
     for layer in &layers {
-        apply_layer(&layout_fd, layer, &mut extractor)?;
+        apply_layer(&layout_fd, layout, layer, &mut extractor)?;
     }
     extractor.ensure_dirs(MOUNT_POINTS)?;
     extractor.finish()?;
@@ -472,8 +472,12 @@ fn verify_blob(layout: &OwnedFd, base: &Path, rel: &Path, digest: &str) -> Resul
     Ok(())
 }
 
-fn apply_layer(layout: &OwnedFd, layer: &Layer, ex: &mut Extractor) -> Result<(), ImageError> {
-    let base = Path::new("<layout>");
+fn apply_layer(
+    layout: &OwnedFd,
+    base: &Path,
+    layer: &Layer,
+    ex: &mut Extractor,
+) -> Result<(), ImageError> {
     if let Some(digest) = &layer.digest {
         verify_blob(layout, base, &layer.path, digest)?;
     }

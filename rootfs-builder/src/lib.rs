@@ -15,3 +15,4 @@ pub mod python;
 pub mod resolve;
 
 pub use host::{BuiltRootfs, HostRequest};
+pub use image::ImageRequest;

@@ -403,6 +403,18 @@ fn broken_images_name_the_problem_and_leave_nothing() {
     }
     let err = image::build(&request(&l3, &out)).unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    // A blob that is a symlink to a host file (even one with the right digest) is not read.
+    let l4 = tmp.path().join("l4");
+    let content = layer(&[E::File("from-host", "x")]);
+    oci_layout(&l4, &[(LAYER_TAR, content.clone())]);
+    let hex = hex::encode(Sha256::digest(&content));
+    let host_copy = tmp.path().join("host-file");
+    fs::write(&host_copy, &content).unwrap();
+    let blob = l4.join("blobs/sha256").join(&hex);
+    fs::remove_file(&blob).unwrap();
+    std::os::unix::fs::symlink(&host_copy, &blob).unwrap();
+    let err = image::build(&request(&l4, &out)).unwrap_err();
+    assert!(matches!(err, ImageError::Io { .. }), "{err}");
     // Not an image at all.
     let garbage = tmp.path().join("garbage.tar");
     fs::write(&garbage, vec![7u8; 3000]).unwrap();
