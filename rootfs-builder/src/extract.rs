@@ -166,7 +166,13 @@ impl Extractor {
                 if name_str == OPAQUE_MARKER {
                     opaque.push(parent.to_vec());
                 } else if let Some(victim) = name_str.strip_prefix(WHITEOUT_PREFIX) {
-                    if !victim.starts_with(WHITEOUT_PREFIX) && !victim.is_empty() {
+                    let mut victim_path = parent.to_vec();
+                    victim_path.push(OsString::from(victim));
+                    // Whiteouts hide lower layers only, never what this layer already wrote.
+                    if !victim.starts_with(WHITEOUT_PREFIX)
+                        && !victim.is_empty()
+                        && !created.contains(&victim_path)
+                    {
                         self.remove(parent, OsStr::new(victim), &ctx)?;
                     }
                 }
@@ -354,8 +360,8 @@ impl Extractor {
                     rfs::chownat(
                         &dir,
                         name,
-                        Some(rustix::fs::Uid::from_raw(uid + self.opts.shift.uid)),
-                        Some(rustix::fs::Gid::from_raw(gid + self.opts.shift.gid)),
+                        self.shifted_uid(uid),
+                        self.shifted_gid(gid),
                         AtFlags::SYMLINK_NOFOLLOW,
                     )
                     .map_err(ctx.io("chown"))?;
@@ -457,14 +463,28 @@ impl Extractor {
             rfs::chownat(
                 dir,
                 name,
-                Some(rustix::fs::Uid::from_raw(uid + self.opts.shift.uid)),
-                Some(rustix::fs::Gid::from_raw(gid + self.opts.shift.gid)),
+                self.shifted_uid(uid),
+                self.shifted_gid(gid),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
             .map_err(ctx.io("chown"))?;
         }
         rfs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
             .map_err(ctx.io("chmod"))
+    }
+
+    /// The owner on disk for an archive uid. Ids past u32 saturate to -1, which chown reads as
+    /// "leave unchanged": the file stays the builder's, never someone else's.
+    fn shifted_uid(&self, uid: u32) -> Option<rustix::fs::Uid> {
+        Some(rustix::fs::Uid::from_raw(
+            uid.saturating_add(self.opts.shift.uid),
+        ))
+    }
+
+    fn shifted_gid(&self, gid: u32) -> Option<rustix::fs::Gid> {
+        Some(rustix::fs::Gid::from_raw(
+            gid.saturating_add(self.opts.shift.gid),
+        ))
     }
 
     fn set_owner_mode(
@@ -476,12 +496,8 @@ impl Extractor {
         ctx: &Ctx<'_>,
     ) -> Result<(), ExtractError> {
         if self.can_chown {
-            rfs::fchown(
-                &fd,
-                Some(rustix::fs::Uid::from_raw(uid + self.opts.shift.uid)),
-                Some(rustix::fs::Gid::from_raw(gid + self.opts.shift.gid)),
-            )
-            .map_err(ctx.io("chown"))?;
+            rfs::fchown(&fd, self.shifted_uid(uid), self.shifted_gid(gid))
+                .map_err(ctx.io("chown"))?;
         }
         // After chown, which clears setuid/setgid bits.
         rfs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(ctx.io("chmod"))

@@ -48,7 +48,7 @@ pub enum ImageError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path}: no image manifest{}", reference.as_ref().map(|r| format!(" named {r}")).unwrap_or_default())]
+    #[error("{path}: no image manifest for linux/{}{}; pick another image or --ref", oci_arch(), reference.as_ref().map(|r| format!(" named {r}")).unwrap_or_default())]
     NoManifest {
         path: PathBuf,
         reference: Option<String>,

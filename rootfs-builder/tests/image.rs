@@ -282,7 +282,12 @@ fn whiteouts_opaque_dirs_and_compressions() {
         E::Dir("data/sub"),
         E::File("data/.wh..wh..opq", ""),
     ]);
-    let top = layer(&[E::File("top.txt", "zstd")]);
+    // A whiteout after an entry of the same layer hides only lower layers' entry.
+    let top = layer(&[
+        E::File("top.txt", "zstd"),
+        E::File("etc/issue", "same layer"),
+        E::File("etc/.wh.issue", ""),
+    ]);
     oci_layout(
         &layout,
         &[
@@ -295,6 +300,10 @@ fn whiteouts_opaque_dirs_and_compressions() {
     let built = image::build(&request(&layout, &out)).unwrap();
     assert!(!out.join("etc/motd").exists());
     assert_eq!(fs::read_to_string(out.join("etc/hostname")).unwrap(), "box");
+    assert_eq!(
+        fs::read_to_string(out.join("etc/issue")).unwrap(),
+        "same layer"
+    );
     let hl = fs::metadata(out.join("etc/hostname.link")).unwrap();
     assert_eq!(
         hl.ino(),
@@ -415,6 +424,11 @@ fn broken_images_name_the_problem_and_leave_nothing() {
     std::os::unix::fs::symlink(&host_copy, &blob).unwrap();
     let err = image::build(&request(&l4, &out)).unwrap_err();
     assert!(matches!(err, ImageError::Io { .. }), "{err}");
+    // A reference that names no manifest.
+    let mut wrong_ref = request(&l3, &out);
+    wrong_ref.reference = Some("nope".into());
+    let err = image::build(&wrong_ref).unwrap_err();
+    assert!(err.to_string().contains("named nope"), "{err}");
     // Not an image at all.
     let garbage = tmp.path().join("garbage.tar");
     fs::write(&garbage, vec![7u8; 3000]).unwrap();
