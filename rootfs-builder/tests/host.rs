@@ -398,3 +398,49 @@ fn origin_relative_rpath_and_runpath_are_followed() {
         }
     }
 }
+
+/// A program whose library is gone: the error names the library and who needs it, and no
+/// output is left.
+#[test]
+fn missing_library_is_named_with_its_needer() {
+    if Command::new("cc").arg("--version").output().is_err() {
+        eprintln!("skipping: no C compiler (cc)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::write(dir.join("gone.c"), "int gone(void) { return 1; }\n").unwrap();
+    fs::write(
+        dir.join("main.c"),
+        "int gone(void);\nint main(void) { return gone(); }\n",
+    )
+    .unwrap();
+    for args in [
+        &["-shared", "-fPIC", "-o", "libgone.so", "gone.c"][..],
+        &["-o", "needy", "main.c", "-L.", "-lgone"][..],
+    ] {
+        let out = Command::new("cc")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fs::remove_file(dir.join("libgone.so")).unwrap();
+    let work = dir.join("work");
+    let program = dir.join("needy");
+    let err = host::build(&request(&work.join("rootfs"), &[program.to_str().unwrap()]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("library libgone.so needed by"), "{err}");
+    assert!(err.contains(program.to_str().unwrap()), "{err}");
+    assert_eq!(
+        fs::read_dir(&work).unwrap().count(),
+        0,
+        "output left behind"
+    );
+}
