@@ -570,3 +570,34 @@ fn umoci_busybox_image_unpacks_and_runs() {
         assert_eq!(String::from_utf8_lossy(&run.stdout), "new\nhostname\n");
     }
 }
+
+/// `SCHILY.xattr.*` PAX records become extended attributes (user.* works on any file system
+/// the tests run on; failures elsewhere are tolerated by design).
+#[test]
+fn pax_xattrs_are_applied() {
+    let mut b = tar::Builder::new(Vec::new());
+    let record = "32 SCHILY.xattr.user.rootfs=yes\n";
+    assert_eq!(record.len(), 32);
+    let mut pax = tar::Header::new_ustar();
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_path("PaxHeaders/f").unwrap();
+    pax.set_size(record.len() as u64);
+    pax.set_mode(0o644);
+    pax.set_cksum();
+    b.append(&pax, record.as_bytes()).unwrap();
+    let mut file = tar::Header::new_ustar();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_path("f").unwrap();
+    file.set_size(1);
+    file.set_mode(0o644);
+    file.set_cksum();
+    b.append(&file, &b"x"[..]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    oci_layout(&layout, &[(LAYER_TAR, b.into_inner().unwrap())]);
+    let out = tmp.path().join("rootfs");
+    image::build(&request(&layout, &out)).unwrap();
+    let mut buf = [0u8; 16];
+    let n = rustix::fs::getxattr(out.join("f"), "user.rootfs", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"yes");
+}
