@@ -471,6 +471,40 @@ t_rt_nothing_left() {
   [ -z "$procs" ] || no "processes left: $procs"
 }
 
+# ------------------------------------------------------------------ cargo test binaries
+# run.sh may ship Rust test executables (libtest) into /opt/v2lane/target/deps,
+# with job-init at /opt/v2lane/target/job-init (where the daemon's tests look
+# for it). Each test whose name matches the filter in /opt/v2lane/FILTER.<bin>
+# runs alone and is reported as `cargo:<bin>:<test>`.
+CARGO_TEST_TIMEOUT=${CARGO_TEST_TIMEOUT:-240}
+run_cargo_tests() {
+  for bin in /opt/v2lane/target/deps/*; do
+    [ -x "$bin" ] || continue
+    b=$(basename $bin); filter=$(cat /opt/v2lane/FILTER.$b 2>/dev/null)
+    names=$(cd /tmp && "$bin" --list $filter 2>/dev/null | sed -n 's/: test$//p')
+    if [ -z "$names" ]; then say "FAIL cargo:$b: no test matches '$filter'"; F=$((F+1)); continue; fi
+    for n in $names; do
+      if [ -f /host/only ] && ! grep -qw "cargo:$b" /host/only && ! grep -qw "$n" /host/only; then continue; fi
+      echo "--- cargo:$b:$n"
+      (cd /tmp && exec "$bin" --exact "$n" --test-threads=1 --nocapture) >/tmp/ct.log 2>&1 &
+      tp=$!
+      ( sleep $CARGO_TEST_TIMEOUT; kill -9 $tp ) 2>/dev/null &
+      wd=$!
+      wait $tp; rc=$?
+      kill $wd 2>/dev/null; wait $wd 2>/dev/null
+      t0=$(grep -c 'skipped' /tmp/ct.log)
+      if [ $rc = 0 ] && grep -q '^test result: ok. 1 passed' /tmp/ct.log && [ "$t0" = 0 ]; then
+        say "PASS cargo:$b:$n"; P=$((P+1))
+      else
+        sed 's/^/    | /' /tmp/ct.log | tail -40
+        why=$(grep -m1 -E 'panicked|skipped|error' /tmp/ct.log | cut -c1-300)
+        [ $rc = 137 ] && why="timed out after ${CARGO_TEST_TIMEOUT}s"
+        say "FAIL cargo:$b:$n: ${why:-exit $rc}"; F=$((F+1))
+      fi
+    done
+  done
+}
+
 # ------------------------------------------------------------------ driver
 run_test() {
   name=$1
@@ -500,5 +534,7 @@ for t in lane_cgroup2_mounted lane_memory_max_oom lane_pids_max lane_cgroup_kill
          rt_default_spec rt_cgroup_view rt_stats rt_nothing_left; do
   run_test $t
 done
+
+run_cargo_tests
 
 say "V2LANE RESULT: $P passed, $F failed, $S skipped"

@@ -11,6 +11,9 @@
 #   V2LANE_KERNEL_PKG  e.g. linux-image-6.1.0-56-amd64 (default: newest 6.1.0-*-amd64 apt knows)
 #   V2LANE_TIMEOUT     guest wall-time bound in seconds (default: 600)
 #   V2LANE_ONLY        space-separated guest test names to run (default: all)
+#   V2LANE_DAEMON_TESTS=1  also build (release) and run jobd's runtime-backed tests
+#                      (daemon runner::tests::runtime_*: StartJob with limits over mTLS)
+#   V2LANE_CARGO_TESTS "EXE[:FILTER] ..." other libtest executables to run in the guest
 #   V2LANE_ACCEL       qemu accelerator (default: tcg; kvm where it works)
 #   V2LANE_KEEP=1      keep the temp work dir (console.log, results.txt) for debugging
 # Exit status: 0 iff the guest booted, ran the tests, wrote a final
@@ -157,6 +160,7 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 for m in $(cat /lib/v2lane/order); do insmod /lib/v2lane/$m.ko || echo "v2lane-init: insmod $m failed"; done
 hostname v2lane
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host /host; then
   echo "v2lane-init: cannot mount 9p share"; poweroff -f
 fi
@@ -194,6 +198,30 @@ else
   for b in job-runtime job-init; do
     [[ -x "$BIN_DIR/$b" ]] || die "$BIN_DIR/$b missing (build: cargo build --release -p runtime -p job-init; or set V2LANE_BIN_DIR; or V2LANE_LANE_ONLY=1)"
     copy_with_libs "$BIN_DIR/$b"
+  done
+fi
+# Rust test executables to run in the guest ("EXE[:FILTER] ...").
+CARGO_TESTS="${V2LANE_CARGO_TESTS:-}"
+if [[ "${V2LANE_DAEMON_TESTS:-0}" == 1 ]]; then
+  log "building the daemon's tests (cargo test --release -p daemon --no-run)"
+  exe="$(cd "$REPO" && cargo test --release -p daemon --no-run --message-format=json 2>/dev/null \
+    | grep '"reason":"compiler-artifact"' | grep '"name":"daemon"' | grep '"kind":\["lib"\]' | grep '"test":true' \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)" || true
+  [[ -n "$exe" && -x "$exe" ]] || die "could not build the daemon's test executable"
+  CARGO_TESTS+=" $exe:runner::tests::runtime_"
+fi
+if [[ -n "${CARGO_TESTS// /}" ]]; then
+  [[ "$LANE_ONLY" == 1 ]] && die "V2LANE_LANE_ONLY=1 with cargo tests: they need job-init"
+  mkdir -p "$SHARE/sysroot/opt/v2lane/target/deps"
+  cp "$BIN_DIR/job-init" "$SHARE/sysroot/opt/v2lane/target/job-init"
+  for entry in $CARGO_TESTS; do
+    exe="${entry%%:*}"; filter=""; [[ "$entry" == *:* ]] && filter="${entry#*:}"
+    [[ -x "$exe" ]] || die "cargo test executable $exe missing"
+    name="$(basename "$exe")"; name="${name%-*}"      # daemon-0123abcd -> daemon
+    copy_with_libs "$exe"
+    mv "$SHARE/sysroot/usr/local/bin/$(basename "$exe")" "$SHARE/sysroot/opt/v2lane/target/deps/$name"
+    printf '%s' "$filter" >"$SHARE/sysroot/opt/v2lane/FILTER.$name"
+    log "guest runs cargo tests of $name${filter:+ matching $filter}"
   done
 fi
 [[ -n "${V2LANE_ONLY:-}" ]] && printf '%s\n' "$V2LANE_ONLY" >"$SHARE/only"
