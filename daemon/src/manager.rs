@@ -156,9 +156,76 @@ enum Exit {
     Unknown,
 }
 
+type Work = Box<dyn FnOnce() + Send>;
+
+/// The threads that call into the executor (launch, stats, teardown): long-lived, started with
+/// the manager.
+///
+/// The runtime clones the container's first process from the calling thread. A clone of a
+/// multi-threaded process copies the C library's list of threads, and glibc's set*id wrappers in
+/// the child then wait forever for any thread that was being created at that instant (seen here:
+/// the child stuck in `__nptl_setxid` from `setresgid`). So jobd creates no threads while it
+/// runs: executor calls go to these threads, not to tokio's on-demand blocking pool, and output
+/// followers read the file on their own task. (The robust fix is raw set*id syscalls in the
+/// runtime's child; see the README.)
+#[derive(Debug)]
+struct Workers {
+    tx: Mutex<std::sync::mpsc::Sender<Work>>,
+}
+
+/// Number of executor threads.
+const WORKERS: usize = 4;
+
+impl Workers {
+    fn new() -> Workers {
+        let (tx, rx) = std::sync::mpsc::channel::<Work>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..WORKERS {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("jobd-exec-{i}"))
+                .spawn(move || loop {
+                    let work = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(work) = work else { return };
+                    work();
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an executor thread");
+            }
+        }
+        Workers { tx: Mutex::new(tx) }
+    }
+
+    /// Runs `f` on an executor thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        job_id: &str,
+        f: impl FnOnce() -> Result<T, ExecError> + Send + 'static,
+    ) -> Result<T, ExecError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let work: Work = Box::new(move || {
+            let _ = reply.send(f());
+        });
+        let lost = |reason: &str| ExecError::Host {
+            op: what,
+            job_id: job_id.to_string(),
+            reason: reason.to_string(),
+        };
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(work)
+            .map_err(|_| lost("no executor thread is running"))?;
+        rx.await
+            .unwrap_or_else(|_| Err(lost("the executor thread died")))
+    }
+}
+
 /// The job manager.
 #[derive(Debug)]
 pub struct Manager {
+    workers: Workers,
     cfg: Arc<Config>,
     db: Arc<Db>,
     exec: Arc<dyn Executor>,
@@ -190,6 +257,7 @@ impl Manager {
     pub fn new(cfg: Arc<Config>, db: Arc<Db>, exec: Arc<dyn Executor>) -> Arc<Manager> {
         let jobs_dir = cfg.data_dir.join("jobs");
         Arc::new(Manager {
+            workers: Workers::new(),
             cfg,
             db,
             exec,
@@ -222,29 +290,17 @@ impl Manager {
     /// that daemon, so they cannot be followed; their processes, cgroups and mounts are removed
     /// and the record says so.
     pub async fn recover(&self) -> Result<usize, ManagerError> {
-        let db = self.db.clone();
-        let stale = tokio::task::spawn_blocking(move || db.unfinished())
-            .await
-            .map_err(|e| ManagerError::Io {
-                op: "recover",
-                path: PathBuf::new(),
-                source: std::io::Error::other(e),
-            })??;
+        let stale = self.db.unfinished()?;
         let n = stale.len();
         for u in stale {
             let mut job = u.job;
             let dir = self.job_dir(&job.id);
             let exec = self.exec.clone();
             let id = job.id.clone();
-            let cleaned = tokio::task::spawn_blocking(move || exec.cleanup_stale(&id, &dir))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(ExecError::Host {
-                        op: "cleanup",
-                        job_id: job.id.clone(),
-                        reason: e.to_string(),
-                    })
-                });
+            let cleaned = self
+                .workers
+                .run("cleanup", &job.id, move || exec.cleanup_stale(&id, &dir))
+                .await;
             let was = JobState::try_from(job.state)
                 .map(|s| s.as_str_name())
                 .unwrap_or("unknown");
@@ -337,15 +393,10 @@ impl Manager {
         };
         self.children.launching.fetch_add(1, Ordering::SeqCst);
         let exec = self.exec.clone();
-        let launched = tokio::task::spawn_blocking(move || exec.launch(req))
-            .await
-            .unwrap_or_else(|e| {
-                Err(ExecError::Host {
-                    op: "launch",
-                    job_id: id.clone(),
-                    reason: e.to_string(),
-                })
-            });
+        let launched = self
+            .workers
+            .run("launch", &id, move || exec.launch(req))
+            .await;
         let handle: Arc<dyn JobHandle> = match launched {
             Ok(h) => {
                 let h: Arc<dyn JobHandle> = Arc::from(h);
@@ -470,13 +521,12 @@ impl Manager {
         // The main process is gone; nothing of the job may outlive it.
         let _ = handle.signal_all(Signal::SIGKILL);
         let h = handle.clone();
-        let destroyed = tokio::task::spawn_blocking(move || h.destroy()).await;
-        let cleanup_error = match destroyed {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(e) = cleanup_error {
+        let job_id = live.record.borrow().id.clone();
+        let destroyed = self
+            .workers
+            .run("cleanup", &job_id, move || h.destroy())
+            .await;
+        if let Err(e) = destroyed {
             tracing::error!(job_id = %live.record.borrow().id, error = %e, "cleanup after exit failed");
         }
         self.children
@@ -563,7 +613,11 @@ impl Manager {
         };
         // Launch in flight: wait for the handle (or the failure) before signalling.
         let mut rx = live.record.subscribe();
-        let _ = rx.wait_for(|j| j.state != JobState::Starting as i32).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            rx.wait_for(|j| j.state != JobState::Starting as i32),
+        )
+        .await;
         self.begin_stop(&live, StopReason::Request, grace);
         let _ = tokio::time::timeout(
             Duration::from_millis(grace) + Duration::from_secs(10),
@@ -607,17 +661,9 @@ impl Manager {
         let Some(handle) = self.live(id).and_then(|l| l.handle.get().cloned()) else {
             return Ok(None);
         };
-        let job_id = id.to_string();
-        tokio::task::spawn_blocking(move || handle.stats())
+        self.workers
+            .run("stats", id, move || handle.stats())
             .await
-            .map_err(|e| ManagerError::Stats {
-                job_id: job_id.clone(),
-                source: ExecError::Host {
-                    op: "stats",
-                    job_id: job_id.clone(),
-                    reason: e.to_string(),
-                },
-            })?
             .map(Some)
             .map_err(|source| ManagerError::Stats {
                 job_id: id.to_string(),
@@ -639,7 +685,11 @@ impl Manager {
                 let mut waits = Vec::new();
                 for l in live {
                     let mut rx = l.record.subscribe();
-                    let _ = rx.wait_for(|j| j.state != JobState::Starting as i32).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        rx.wait_for(|j| j.state != JobState::Starting as i32),
+                    )
+                    .await;
                     self.begin_stop(&l, StopReason::Shutdown, grace);
                     waits.push(async move {
                         let _ = rx.wait_for(|j| is_final(j.state)).await;

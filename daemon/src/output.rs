@@ -203,10 +203,8 @@ impl OutputLog {
         tx: &mpsc::Sender<Result<OutputChunk, Status>>,
     ) -> Result<(), Status> {
         let path = self.inner.path.clone();
-        let file = Arc::new(
-            File::open(&path)
-                .map_err(|e| Status::internal(format!("open output {}: {e}", path.display())))?,
-        );
+        let file = File::open(&path)
+            .map_err(|e| Status::internal(format!("open output {}: {e}", path.display())))?;
         let mut rx = self.inner.progress.subscribe();
         loop {
             let p = *rx.borrow_and_update();
@@ -214,16 +212,13 @@ impl OutputLog {
                 let (stream, run_end) = self.segment_at(offset);
                 let end = run_end.map_or(p.len, |e| e.min(p.len));
                 let n = ((end - offset) as usize).min(CHUNK);
-                let f = file.clone();
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; n];
-                    let got = f.read_at(&mut buf, offset)?;
-                    buf.truncate(got);
-                    Ok::<_, std::io::Error>(buf)
-                })
-                .await
-                .map_err(|e| Status::internal(format!("read output: {e}")))?
-                .map_err(|e| Status::internal(format!("read output {}: {e}", path.display())))?;
+                // Read on this task: a bounded pread that the page cache almost always answers
+                // (jobd creates no threads at run time; see manager::Workers).
+                let mut data = vec![0u8; n];
+                let got = file.read_at(&mut data, offset).map_err(|e| {
+                    Status::internal(format!("read output {}: {e}", path.display()))
+                })?;
+                data.truncate(got);
                 if data.is_empty() {
                     return Err(Status::internal(format!(
                         "output {} is shorter than recorded ({} < {})",

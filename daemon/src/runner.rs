@@ -141,7 +141,9 @@ fn job_spec(req: &LaunchRequest, dev: Option<(u64, u64)>) -> Result<Value, ExecE
         env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
         env.push(kv.clone());
     }
-    env.push("HOME=/work".into());
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push("HOME=/work".into());
+    }
     process["env"] = json!(env);
     process["cwd"] = json!(req.working_dir);
     v["root"] = json!({ "path": "rootfs", "readonly": false });
@@ -697,6 +699,32 @@ pub(crate) mod tests {
             "{done:?} {}",
             String::from_utf8_lossy(&out)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_concurrent_starts_all_complete() {
+        let Some(h) = runtime_harness(|_| {}).await else {
+            return;
+        };
+        let c = h.client("root", "admin").await;
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let mut c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let job = start(&mut c, sh(&format!("echo job {i}"))).await;
+                finish(&mut c, &job.id).await
+            }));
+        }
+        let all = async {
+            for (i, t) in tasks.into_iter().enumerate() {
+                let (done, out) = t.await.unwrap();
+                assert_eq!(out, format!("job {i}\n").as_bytes(), "{done:?}");
+                assert_eq!(done.exit_code, Some(0));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("concurrent starts hung (a launch never finished)");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

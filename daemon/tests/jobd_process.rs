@@ -38,6 +38,16 @@ struct Jobd {
     addr: String,
 }
 
+impl Drop for Jobd {
+    /// A failing test must not leave a daemon behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn spawn_jobd(dir: &Path, port: u16) -> Jobd {
     let log = std::fs::File::options()
         .create(true)

@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("JOBD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libcgroups=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -131,6 +131,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking-pool threads, once made, stay: fewer thread creations racing container
+        // launches (see the launcher in daemon::manager).
+        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {

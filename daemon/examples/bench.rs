@@ -1,0 +1,384 @@
+//! jobd benchmarks: start latency and throughput, output fan-out, many running jobs.
+//!
+//! Starts its own jobd (the binary given by `--jobd`, normally the release build) on a
+//! temporary data directory and drives it over mTLS with the zero-config admin identity.
+//! Run through `daemon/bench.sh`. Needs root (jobs run through the runtime).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use proto::job_service_client::JobServiceClient;
+use proto::*;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+#[derive(Parser)]
+struct Args {
+    /// The jobd binary.
+    #[arg(long)]
+    jobd: PathBuf,
+    /// Sequential starts measured for latency.
+    #[arg(long, default_value_t = 100)]
+    latency_jobs: usize,
+    /// Jobs started for the throughput figure.
+    #[arg(long, default_value_t = 400)]
+    throughput_jobs: usize,
+    /// Concurrent StartJob calls in the throughput run.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Clients streaming the fan-out job.
+    #[arg(long, default_value_t = 1000)]
+    fanout_clients: usize,
+    /// Bytes the fan-out job writes.
+    #[arg(long, default_value_t = 100_000_000)]
+    fanout_bytes: u64,
+    /// Concurrently running `sleep` jobs.
+    #[arg(long, default_value_t = 1000)]
+    running_jobs: usize,
+}
+
+struct Jobd {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Jobd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn spawn(jobd: &Path) -> Result<Jobd> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let log = std::fs::File::create(dir.path().join("jobd.log"))?;
+    let cfg = dir.path().join("jobd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "client_identity_dir = \"{}\"\n[max_limits]\npids = 32768\n[default_limits]\nmemory_bytes = 67108864\npids = 64\n",
+            dir.path().join("client").display()
+        ),
+    )?;
+    let child = Command::new(jobd)
+        .args([
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap_or_default(),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--config", cfg.to_str().unwrap_or_default()])
+        .env("JOBD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("spawn jobd")?;
+    Ok(Jobd {
+        child,
+        addr: format!("https://127.0.0.1:{port}"),
+        dir,
+    })
+}
+
+async fn connect(j: &Jobd) -> Result<JobServiceClient<Channel>> {
+    let id = j.dir.path().join("client");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if id.join("ca.pem").exists() {
+            let read = |n: &str| std::fs::read_to_string(id.join(n));
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+                .identity(Identity::from_pem(read("client.pem")?, read("client.key")?))
+                .domain_name("localhost");
+            let ep = Endpoint::from_shared(j.addr.clone())?.tls_config(tls)?;
+            if let Ok(ch) = ep.connect().await {
+                return Ok(JobServiceClient::new(ch).max_decoding_message_size(64 << 20));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "jobd did not come up; see {}",
+                j.dir.path().join("jobd.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sh(script: &str) -> JobSpec {
+    JobSpec {
+        command: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+async fn start(c: &mut JobServiceClient<Channel>, spec: JobSpec) -> Result<Job> {
+    let job = c
+        .start_job(StartJobRequest { spec: Some(spec) })
+        .await?
+        .into_inner()
+        .job
+        .context("no job")?;
+    if job.state == JobState::Failed as i32 {
+        bail!("job failed to start: {}", job.failure_reason);
+    }
+    Ok(job)
+}
+
+async fn drain(c: &mut JobServiceClient<Channel>, id: &str) -> Result<(u64, Option<Duration>)> {
+    let t = Instant::now();
+    let mut s = c
+        .stream_output(StreamOutputRequest {
+            job_id: id.into(),
+            offset: 0,
+            no_follow: false,
+        })
+        .await?
+        .into_inner();
+    let mut n = 0;
+    let mut first = None;
+    while let Some(ch) = s.message().await? {
+        if first.is_none() {
+            first = Some(t.elapsed());
+        }
+        n += ch.data.len() as u64;
+    }
+    Ok((n, first))
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn wait_end(c: &mut JobServiceClient<Channel>, id: &str) -> Result<Job> {
+    let mut w = c
+        .watch_job(WatchJobRequest { job_id: id.into() })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(ev) = w.message().await? {
+        last = ev.job;
+    }
+    last.context("no record")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let jobd = spawn(&args.jobd)?;
+    let pid = jobd.child.id();
+    let mut c = connect(&jobd).await?;
+    println!(
+        "jobd {} pid {pid}, RSS at start {} KiB",
+        args.jobd.display(),
+        rss_kib(pid, "VmRSS")
+    );
+
+    // 1. StartJob -> first output byte, sequential.
+    let warm = start(&mut c, sh("echo warm")).await?;
+    drain(&mut c, &warm.id).await?;
+    let mut lat = Vec::new();
+    for _ in 0..args.latency_jobs {
+        let t = Instant::now();
+        let job = start(
+            &mut c,
+            JobSpec {
+                command: "echo".into(),
+                args: vec!["x".into()],
+                ..Default::default()
+            },
+        )
+        .await?;
+        let mut s = c
+            .stream_output(StreamOutputRequest {
+                job_id: job.id.clone(),
+                offset: 0,
+                no_follow: false,
+            })
+            .await?
+            .into_inner();
+        s.message().await?.context("no output")?;
+        lat.push(t.elapsed());
+        while s.message().await?.is_some() {}
+    }
+    println!(
+        "start -> first byte ({} jobs, sequential): p50 {}  p90 {}  max {}",
+        lat.len(),
+        ms(pct(&mut lat, 0.5)),
+        ms(pct(&mut lat, 0.9)),
+        ms(pct(&mut lat, 1.0))
+    );
+
+    // 2. Throughput: StartJob with `concurrency` in flight.
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mut tasks = Vec::new();
+    for _ in 0..args.throughput_jobs {
+        let permit = sem.clone().acquire_owned().await?;
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = start(
+                &mut c,
+                JobSpec {
+                    command: "true".into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await??.id);
+    }
+    let started = t.elapsed();
+    for id in &ids {
+        wait_end(&mut c, id).await?;
+    }
+    let ended = t.elapsed();
+    println!(
+        "throughput ({} jobs, {} concurrent): {:.0} starts/s, {:.0} jobs/s to completion",
+        ids.len(),
+        args.concurrency,
+        ids.len() as f64 / started.as_secs_f64(),
+        ids.len() as f64 / ended.as_secs_f64()
+    );
+
+    // 3. Fan-out.
+    let writer = format!("head -c {} /dev/zero", args.fanout_bytes);
+    let alone = start(&mut c, sh(&writer)).await?;
+    let (n, _) = drain(&mut c, &alone.id).await?;
+    let a = wait_end(&mut c, &alone.id).await?;
+    let alone_ms = (a.ended_at_ms - a.started_at_ms).max(1);
+    if n != args.fanout_bytes {
+        bail!("lone stream got {n} bytes");
+    }
+    let mut clients = Vec::new();
+    for i in 0..args.fanout_clients {
+        if i % 100 == 0 {
+            clients.push(connect(&jobd).await?);
+        }
+    }
+    let job = start(&mut c, sh(&format!("sleep 1; {writer}"))).await?;
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid, "VmRSS"), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.fanout_clients {
+        let mut c = clients[i / 100].clone();
+        let id = job.id.clone();
+        tasks.push(tokio::spawn(async move { drain(&mut c, &id).await }));
+    }
+    let mut complete = 0;
+    for t in tasks {
+        if t.await??.0 == args.fanout_bytes {
+            complete += 1;
+        }
+    }
+    let fan = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let f = wait_end(&mut c, &job.id).await?;
+    let fan_ms = (f.ended_at_ms - f.started_at_ms - 1000).max(1);
+    println!(
+        "fan-out: {} clients x {} bytes: {complete}/{} complete in {:.1} s; jobd peak RSS {} KiB; job {} ms alone vs {} ms with clients (ratio {:.2})",
+        args.fanout_clients,
+        args.fanout_bytes,
+        args.fanout_clients,
+        fan.as_secs_f64(),
+        peak.load(std::sync::atomic::Ordering::Relaxed),
+        alone_ms,
+        fan_ms,
+        fan_ms as f64 / alone_ms as f64
+    );
+
+    // 4. Many running jobs.
+    let t = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..args.running_jobs {
+        ids.push(
+            start(
+                &mut c,
+                JobSpec {
+                    command: "sleep".into(),
+                    args: vec!["600".into()],
+                    ..Default::default()
+                },
+            )
+            .await?
+            .id,
+        );
+    }
+    println!(
+        "{} sleep jobs started in {:.1} s; jobd RSS {} KiB",
+        ids.len(),
+        t.elapsed().as_secs_f64(),
+        rss_kib(pid, "VmRSS")
+    );
+    let mut lat = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        c.list_jobs(ListJobsRequest {
+            states: vec![JobState::Running as i32],
+            page_size: 100,
+            ..Default::default()
+        })
+        .await?;
+        lat.push(t.elapsed());
+    }
+    println!(
+        "ListJobs (running, page 100) with {} running: p50 {}",
+        ids.len(),
+        ms(pct(&mut lat, 0.5))
+    );
+    let t = Instant::now();
+    for id in &ids {
+        c.stop_job(StopJobRequest {
+            job_id: id.clone(),
+            grace_period_ms: 1000,
+        })
+        .await?;
+    }
+    println!("stopped them in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
