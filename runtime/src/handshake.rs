@@ -89,7 +89,8 @@ pub struct InitConfig {
     pub rootfs: PathBuf,
     /// Fds 3..3+N stay open into the container process.
     pub preserve_fds: u32,
-    /// The container got a new user namespace (devices are bind-mounted, not created).
+    /// The container is in a user namespace of its own or a joined one (devices are
+    /// bind-mounted, not created: mknod is not allowed there).
     pub new_userns: bool,
     /// The container got a new network namespace (sysfs can be mounted).
     pub new_netns: bool,

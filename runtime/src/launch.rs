@@ -118,7 +118,8 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
         };
         match clone_child(plan.clone_flags, into_cgroup)? {
             Forked::Child => child_main(
-                plan.new_user,
+                plan.enters_user(),
+                plan.unshare_flags,
                 &tasks,
                 &joins,
                 req.stdio,
@@ -173,7 +174,7 @@ fn parent_handshake(
         spec: spec.clone(),
         rootfs: req.loaded.rootfs.clone(),
         preserve_fds: req.preserve_fds,
-        new_userns: plan.new_user,
+        new_userns: plan.enters_user(),
         new_netns: plan.new_net,
         new_cgroupns: plan.new_cgroup,
         cgroup_mount: Some(req.cgroup.mount_plan()),
@@ -382,6 +383,7 @@ fn clone_child(flags: CloneFlags, cgroup: Option<RawFd>) -> Result<Forked, Launc
 #[allow(clippy::too_many_arguments)]
 fn child_main(
     become_root: bool,
+    unshare_flags: CloneFlags,
     cgroup_tasks: &[RawFd],
     joins: &[(RawFd, CloneFlags)],
     stdio: Option<[RawFd; 3]>,
@@ -401,6 +403,10 @@ fn child_main(
         if unsafe { libc::setns(*fd, flag.bits()) } != 0 {
             fail(sock, PreExecStep::JoinNamespace);
         }
+    }
+    // SAFETY: a raw syscall with an integer argument.
+    if !unshare_flags.is_empty() && unsafe { libc::unshare(unshare_flags.bits()) } != 0 {
+        fail(sock, PreExecStep::JoinNamespace);
     }
     if let Some(fds) = stdio {
         for (target, fd) in fds.iter().enumerate() {

@@ -280,10 +280,16 @@ fn mount_one(ctx: &MountContext, m: &Mount) -> Result<(), MountError> {
             // Relative bind sources are relative to the bundle, which is the cwd of create.
             std::path::absolute(source).map_err(|e| path_err("resolve", source, &e))?
         };
-        create_mount_point(&dest, source.is_dir() || !source.exists())?;
+        if !source.exists() {
+            return Err(MountError::Mount {
+                dest: show.display().to_string(),
+                reason: format!("bind source {} does not exist", source.display()),
+            });
+        }
+        create_mount_point(&dest, source.is_dir()).map_err(|e| in_container(e, show))?;
         bind_mount(&source, &dest, &opts, show)?;
     } else {
-        create_mount_point(&dest, true)?;
+        create_mount_point(&dest, true).map_err(|e| in_container(e, show))?;
         match typ {
             "cgroup" | "cgroup2" => mount_cgroup(ctx, &dest, &opts, show)?,
             "sysfs" => mount_sysfs(ctx, &dest, &opts, show)?,
@@ -312,6 +318,17 @@ fn mount_one(ctx: &MountContext, m: &Mount) -> Result<(), MountError> {
         .map_err(|e| mount_err(show, "set propagation", e))?;
     }
     Ok(())
+}
+
+/// Names a failure by the container's path of the mount, which is what the user wrote.
+fn in_container(e: MountError, dest: &Path) -> MountError {
+    match e {
+        MountError::Path { op, reason, .. } => MountError::Mount {
+            dest: dest.display().to_string(),
+            reason: format!("{op}: {reason}"),
+        },
+        other => other,
+    }
 }
 
 fn create_mount_point(dest: &Path, dir: bool) -> Result<(), MountError> {

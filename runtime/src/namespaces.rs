@@ -22,6 +22,8 @@ pub enum NamespaceError {
         expected: String,
         actual: String,
     },
+    #[error("linux.namespaces: a new pid namespace cannot be combined with a user namespace given by path (the pid namespace would belong to the host's user namespace); give the pid namespace a path too")]
+    NewPidWithJoinedUser,
     #[error("{path} is not a namespace file: {source}")]
     NotNamespace { path: PathBuf, source: nix::Error },
 }
@@ -38,6 +40,10 @@ pub struct JoinNamespace {
 pub struct NamespacePlan {
     /// Created by `clone3` itself (user first by the kernel, so the others are owned by it).
     pub clone_flags: CloneFlags,
+    /// Created by the child with `unshare` after it joined a user namespace given by path, so
+    /// that the joined namespace owns them. (A new pid namespace cannot be made this way: it
+    /// only applies to children: that combination is refused.)
+    pub unshare_flags: CloneFlags,
     /// Joined in the child, user namespace first.
     pub join: Vec<JoinNamespace>,
     /// A pid namespace given by path: entered by the parent around `clone3`, because `setns`
@@ -112,6 +118,7 @@ pub fn open_namespace(kind: LinuxNamespaceType, path: &Path) -> Result<OwnedFd, 
 pub fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan, NamespaceError> {
     let mut plan = NamespacePlan {
         clone_flags: CloneFlags::empty(),
+        unshare_flags: CloneFlags::empty(),
         join: Vec::new(),
         join_pid: None,
         new_user: false,
@@ -142,7 +149,22 @@ pub fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan, NamespaceErr
             },
         }
     }
+    let joins_user = plan.join.iter().any(|j| j.kind == LinuxNamespaceType::User);
+    if joins_user && plan.clone_flags.contains(CloneFlags::CLONE_NEWPID) {
+        return Err(NamespaceError::NewPidWithJoinedUser);
+    }
+    if joins_user {
+        plan.unshare_flags = plan.clone_flags & !CloneFlags::CLONE_NEWPID;
+        plan.clone_flags &= CloneFlags::CLONE_NEWPID;
+    }
     Ok(plan)
+}
+
+impl NamespacePlan {
+    /// The child ends up in a user namespace other than the caller's and must become its root.
+    pub fn enters_user(&self) -> bool {
+        self.new_user || self.join.iter().any(|j| j.kind == LinuxNamespaceType::User)
+    }
 }
 
 #[cfg(test)]

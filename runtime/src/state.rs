@@ -13,7 +13,7 @@ use crate::spec::write_atomic;
 pub const STATE_FILE: &str = "state.json";
 pub const CONFIG_FILE: &str = "config.json";
 pub const FIFO_FILE: &str = "exec.fifo";
-pub const OCI_VERSION: &str = "1.2.0";
+pub const OCI_VERSION: &str = "1.0.2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -140,11 +140,18 @@ impl Bundle {
     /// `job-runtime create`. The container inherits create's stdio, so it goes to files (a
     /// pipe would stay open as long as the container runs); they are read back into `Output`.
     pub fn create(&self, id: &str) -> Output {
+        self.create_with(id, &[])
+    }
+
+    /// [`Bundle::create`] with extra `create` flags.
+    pub fn create_with(&self, id: &str, flags: &[&str]) -> Output {
         let bundle = self.path();
-        let out_path = self.dir.path().join(format!("{id}.stdout"));
-        let err_path = self.dir.path().join(format!("{id}.stderr"));
+        let (out_path, err_path) = self.stdio_files(id);
+        let mut args = vec!["create", "-b", bundle.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        args.push(id);
         let status = self
-            .command(&["create", "-b", bundle.to_str().unwrap(), id])
+            .command(&args)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
             .stderr(fs::File::create(&err_path).unwrap())
@@ -157,9 +164,22 @@ impl Bundle {
         }
     }
 
+    /// Where [`Bundle::create`] sends the stdio of container `id` (any id, even a bad one).
+    fn stdio_files(&self, id: &str) -> (PathBuf, PathBuf) {
+        let name: String = id
+            .chars()
+            .take(64)
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        (
+            self.dir.path().join(format!("stdio-{name}.out")),
+            self.dir.path().join(format!("stdio-{name}.err")),
+        )
+    }
+
     /// What the container of `id` (made by [`Bundle::create`]) wrote to stdout so far.
     pub fn container_stdout(&self, id: &str) -> String {
-        fs::read_to_string(self.dir.path().join(format!("{id}.stdout"))).unwrap_or_default()
+        fs::read_to_string(self.stdio_files(id).0).unwrap_or_default()
     }
 
     /// The OCI state of `id` as JSON, or `None` if `state` fails.
