@@ -248,5 +248,9 @@ fn build_filesystem(config: &InitConfig) -> Result<(), mounts::MountError> {
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         mounts::make_root_readonly()?;
     }
+    if let Some(linux) = linux {
+        mounts::mask_paths(linux.masked_paths().as_deref().unwrap_or_default())?;
+        mounts::readonly_paths(linux.readonly_paths().as_deref().unwrap_or_default())?;
+    }
     Ok(())
 }

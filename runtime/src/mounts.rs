@@ -662,6 +662,155 @@ pub fn make_root_readonly() -> Result<(), MountError> {
     remount_bind(Path::new("/"), MsFlags::MS_RDONLY, Path::new("/"))
 }
 
+/// An `O_PATH` handle on a path inside the container that was opened without following a
+/// final symlink, and is addressed through `/proc/self/fd` so no later step resolves the path
+/// again (a container could swap a component for a symlink in between).
+struct PathFd {
+    fd: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl PathFd {
+    /// `None` when the path does not exist.
+    fn open(path: &Path) -> Result<Option<PathFd>, MountError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => Ok(Some(PathFd {
+                fd: f.into(),
+                path: path.to_path_buf(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(path_err("open", path, &e)),
+        }
+    }
+
+    fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+        ))
+    }
+
+    fn stat(&self) -> Result<nix::sys::stat::FileStat, MountError> {
+        nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&self.fd)).map_err(|e| {
+            MountError::Path {
+                op: "stat",
+                path: self.path.clone(),
+                reason: errno_text(e),
+            }
+        })
+    }
+}
+
+/// `/proc` must be a real procfs before `/proc/self/fd` paths are trusted (CVE-2019-16884: a
+/// rootfs could put something else there).
+fn check_procfs() -> Result<(), MountError> {
+    let st = nix::sys::statfs::statfs("/proc/self/fd").map_err(|e| MountError::Path {
+        op: "statfs",
+        path: PathBuf::from("/proc"),
+        reason: errno_text(e),
+    })?;
+    if st.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+        return Err(MountError::Path {
+            op: "check",
+            path: PathBuf::from("/proc"),
+            reason: "not a procfs mount; masked and read-only paths need the container's /proc"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Hides each path: a file under the null device, a directory under an empty read-only tmpfs.
+/// Missing paths and symlinks are skipped; nothing here follows a symlink (CVE-2025-31133).
+pub fn mask_paths(paths: &[String]) -> Result<(), MountError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    check_procfs()?;
+    let null = PathFd::open(Path::new("/dev/null"))?;
+    for p in paths {
+        let Some(target) = PathFd::open(Path::new(p))? else {
+            continue;
+        };
+        let kind = SFlag::from_bits_truncate(target.stat()?.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFLNK {
+            continue;
+        }
+        let dest = target.proc_path();
+        let show = Path::new(p);
+        if kind == SFlag::S_IFDIR {
+            mount(
+                Some("tmpfs"),
+                &dest,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,mode=0555"),
+            )
+            .map_err(|e| mount_err(show, "mask", e))?;
+            continue;
+        }
+        let null = null.as_ref().ok_or_else(|| MountError::Mount {
+            dest: p.clone(),
+            reason: "mask: /dev/null does not exist in the container".into(),
+        })?;
+        let st = null.stat()?;
+        let is_null = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR
+            && st.st_rdev == makedev(1, 3);
+        if !is_null {
+            return Err(MountError::Mount {
+                dest: p.clone(),
+                reason: "mask: /dev/null is not the null device (char 1:3)".into(),
+            });
+        }
+        mount(
+            Some(&null.proc_path()),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| mount_err(show, "mask", e))?;
+    }
+    Ok(())
+}
+
+/// Makes each path read-only with a bind mount onto itself, remounted read-only.
+pub fn readonly_paths(paths: &[String]) -> Result<(), MountError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    check_procfs()?;
+    for p in paths {
+        let show = Path::new(p);
+        let Some(target) = PathFd::open(show)? else {
+            continue;
+        };
+        if SFlag::from_bits_truncate(target.stat()?.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK {
+            continue;
+        }
+        let dest = target.proc_path();
+        mount(
+            Some(&dest),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| mount_err(show, "bind read-only", e))?;
+        // The new mount is on top of the old one: reopen to address it, not what it covers.
+        let Some(top) = PathFd::open(show)? else {
+            continue;
+        };
+        remount_bind(&top.proc_path(), MsFlags::MS_RDONLY, show)?;
+    }
+    Ok(())
+}
+
 /// Sets the hostname and domain name of the container's UTS namespace.
 pub fn set_names(hostname: Option<&str>, domainname: Option<&str>) -> Result<(), MountError> {
     if let Some(h) = hostname {

@@ -199,6 +199,14 @@ fn check(spec: &Spec, bundle: &Path, path: &Path) -> Result<PathBuf, SpecError> 
             "id mappings are given but there is no user namespace".into(),
         ));
     }
+    for (field, paths) in [
+        ("linux.maskedPaths", linux.masked_paths()),
+        ("linux.readonlyPaths", linux.readonly_paths()),
+    ] {
+        if let Some(bad) = paths.iter().flatten().find(|p| !p.starts_with('/')) {
+            return Err(invalid(field, format!("{bad} must be an absolute path")));
+        }
+    }
     for m in spec.mounts().as_deref().unwrap_or_default() {
         if !m.destination().is_absolute() {
             return Err(invalid(
@@ -261,6 +269,14 @@ pub fn default_spec(args: &[String]) -> Spec {
             "uidMappings": [ { "containerID": 0, "hostID": DEFAULT_HOST_ID_BASE, "size": DEFAULT_ID_RANGE } ],
             "gidMappings": [ { "containerID": 0, "hostID": DEFAULT_HOST_ID_BASE, "size": DEFAULT_ID_RANGE } ],
             "resources": { "devices": [ { "allow": false, "access": "rwm" } ] },
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/proc/interrupts", "/sys/firmware", "/sys/devices/virtual/powercap"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ],
             "namespaces": [
                 { "type": "pid" }, { "type": "network" }, { "type": "ipc" }, { "type": "uts" },
                 { "type": "mount" }, { "type": "cgroup" }, { "type": "user" }

@@ -226,3 +226,162 @@ fn the_root_filesystem_is_read_only() {
     assert!(!text.contains("rc=0"), "{text}");
     b.assert_clean(&id);
 }
+
+/// The whole-disk block device (major, minor) under the filesystem holding `path`.
+fn disk_of(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).unwrap().dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let sys = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if sys.join("partition").exists() {
+        let parent = fs::read_to_string(sys.join("../dev")).unwrap();
+        let (a, b) = parent.trim().split_once(':').unwrap();
+        return (a.parse().unwrap(), b.parse().unwrap());
+    }
+    (major, minor)
+}
+
+#[test]
+fn block_io_throttle_is_written_for_the_device() {
+    let b = Bundle::new(&["sleep", "30"]);
+    let (major, minor) = disk_of(&b.path());
+    b.edit(|s| {
+        s["linux"]["resources"]["blockIO"] = json!({
+            "throttleReadBpsDevice": [{ "major": major, "minor": minor, "rate": 1048576 }],
+            "throttleWriteIOPSDevice": [{ "major": major, "minor": minor, "rate": 100 }]
+        });
+    });
+    let id = unique_id("blkio");
+    let out = b.create(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dev = format!("{major}:{minor}");
+    if is_cgroup_v2() {
+        let max = fs::read_to_string(cgroup_dir("io", &id).join("io.max")).unwrap();
+        assert!(max.contains(&format!("{dev} rbps=1048576")), "{max}");
+        assert!(max.contains("wiops=100"), "{max}");
+    } else {
+        let dir = cgroup_dir("blkio", &id);
+        let read = fs::read_to_string(dir.join("blkio.throttle.read_bps_device")).unwrap();
+        assert_eq!(read.trim(), format!("{dev} 1048576"));
+        let iops = fs::read_to_string(dir.join("blkio.throttle.write_iops_device")).unwrap();
+        assert_eq!(iops.trim(), format!("{dev} 100"));
+    }
+    assert!(b.runtime(&["delete", "--force", &id]).status.success());
+    b.assert_clean(&id);
+}
+
+#[test]
+fn the_container_sees_its_own_cgroup_and_limits() {
+    let file = if is_cgroup_v2() {
+        "/sys/fs/cgroup/memory.max"
+    } else {
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    };
+    let b = Bundle::new(&["sh", "-c", &format!("cat {file}; cat /proc/self/cgroup")]);
+    b.edit(|s| s["linux"]["resources"]["memory"] = json!({ "limit": 64 * 1024 * 1024 }));
+    let id = unique_id("cgview");
+    let out = b.run(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("67108864"), "{text}");
+    // The cgroup namespace is rooted at the container's cgroup: no host path shows.
+    assert!(lines.all(|l| l.ends_with(":/")), "{text}");
+    b.assert_clean(&id);
+}
+
+#[test]
+fn systemd_cgroup_driver_without_systemd_is_a_clear_error() {
+    if std::path::Path::new("/run/systemd/system").exists() {
+        eprintln!("skipped: systemd runs on this host");
+        return;
+    }
+    let b = Bundle::new(&["true"]);
+    let id = unique_id("systemd");
+    let bundle = b.path();
+    let out = b.runtime(&[
+        "--systemd-cgroup",
+        "run",
+        "-b",
+        bundle.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("systemd is not running"),
+        "{}",
+        stderr(&out)
+    );
+    b.assert_clean(&id);
+}
+
+#[test]
+fn masked_and_read_only_paths_hold() {
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "echo keys=$(cat /proc/keys /proc/timer_list 2>&1 | wc -c); ls /sys/firmware | wc -l; \
+         echo 1 > /proc/sys/kernel/core_pattern 2>/dev/null && echo sys-writable; \
+         grep -c ' /proc/keys ' /proc/self/mountinfo",
+    ]);
+    let id = unique_id("mask");
+    let out = b.run(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0], "keys=0",
+        "/proc/keys or /proc/timer_list readable: {text}"
+    );
+    assert_eq!(lines[1], "0", "/sys/firmware not empty: {text}");
+    assert!(!text.contains("sys-writable"), "{text}");
+    assert_eq!(
+        lines[2], "1",
+        "/proc/keys is not covered by a mount: {text}"
+    );
+    b.assert_clean(&id);
+}
+
+#[test]
+fn masking_refuses_a_dev_null_that_is_not_the_null_device() {
+    // CVE-2025-31133: a rootfs whose /dev/null is a symlink must not redirect the mask.
+    let b = Bundle::new(&["true"]);
+    let dev = b.path().join("rootfs/dev");
+    std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", dev.join("null")).unwrap();
+    b.edit(|s| {
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        mounts.retain(|m| {
+            m["destination"]
+                .as_str()
+                .is_some_and(|d| !d.starts_with("/dev"))
+        });
+        s["linux"]["maskedPaths"] = json!(["/proc/keys"]);
+    });
+    let id = unique_id("cve");
+    let out = b.run(&id);
+    assert!(
+        !out.status.success(),
+        "masking through a symlinked /dev/null succeeded"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("/proc/keys") && err.contains("/dev/null"),
+        "{err}"
+    );
+    b.assert_clean(&id);
+}
+
+#[test]
+fn relative_masked_paths_are_rejected() {
+    let b = Bundle::new(&["true"]);
+    b.edit(|s| s["linux"]["maskedPaths"] = json!(["proc/keys"]));
+    let id = unique_id("relmask");
+    let out = b.run(&id);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("linux.maskedPaths"),
+        "{}",
+        stderr(&out)
+    );
+    b.assert_clean(&id);
+}
