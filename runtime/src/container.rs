@@ -19,6 +19,7 @@ use crate::launch::{self, LaunchError, LaunchRequest};
 use crate::mounts::errno_text;
 use crate::spec::{self, SpecError};
 use crate::state::{self, State, StateError, Status, CONFIG_FILE, FIFO_FILE, OCI_VERSION};
+use crate::tty::{self, TtyError};
 
 pub const DEFAULT_ROOT: &str = "/run/job-runtime";
 
@@ -57,6 +58,8 @@ pub enum ContainerError {
     },
     #[error("process.terminal is true but {0}")]
     Terminal(&'static str),
+    #[error(transparent)]
+    Tty(#[from] TtyError),
 }
 
 fn io_err<'a>(
@@ -143,11 +146,15 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
     spec::validate_id(&opts.id)?;
     let loaded = spec::load(&opts.bundle)?;
     let process = loaded.spec.process().as_ref().expect("validated");
-    if process.terminal() == Some(true) {
-        return Err(ContainerError::Terminal(
-            "terminals are not supported yet; set process.terminal to false",
-        ));
-    }
+    let console = match (process.terminal() == Some(true), &opts.console_socket) {
+        (true, Some(path)) => Some(tty::connect_console(path)?),
+        (true, None) => {
+            return Err(ContainerError::Terminal(
+                "no --console-socket was given to receive it",
+            ))
+        }
+        (false, _) => None,
+    };
     let linux = loaded.spec.linux().as_ref().expect("validated");
     let cgroup_path = cgroups::resolve_path(
         linux.cgroups_path().as_deref(),
@@ -198,6 +205,7 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
         loaded: &loaded,
         cgroup: &cgroup,
         fifo: &fifo,
+        console: console.as_ref(),
         preserve_fds: opts.preserve_fds,
         stdio: opts.stdio,
         init_path: &init_path,

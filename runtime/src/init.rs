@@ -19,9 +19,10 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::handshake::{Channel, FromInit, InitConfig, Received, ToInit, INIT_FD_ENV};
-use crate::launch::FIFO_FD_ENV;
+use crate::launch::{CONSOLE_FD_ENV, FIFO_FD_ENV};
 use crate::mounts::{self, errno_text, MountContext};
 use crate::process::{self, ProcessError};
+use crate::tty;
 
 /// Everything ready for `execve`, held while job-init waits for `start`.
 struct Prepared {
@@ -173,6 +174,13 @@ fn setup(config: &InitConfig) -> Result<Prepared, String> {
     if has_namespace(spec, LinuxNamespaceType::Uts) {
         mounts::set_names(spec.hostname().as_deref(), spec.domainname().as_deref())
             .map_err(|e| e.to_string())?;
+    }
+    if let Some(console) = fd_from_env(CONSOLE_FD_ENV) {
+        let size = process
+            .console_size()
+            .as_ref()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        tty::setup(console, process.user().uid(), size).map_err(|e| e.to_string())?;
     }
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())

@@ -27,6 +27,8 @@ use crate::spec::LoadedSpec;
 pub const INIT_PATH_ENV: &str = "JOB_RUNTIME_INIT";
 /// Environment variable that tells job-init which fd is the exec fifo.
 pub const FIFO_FD_ENV: &str = "_JOB_INIT_FIFO_FD";
+/// Environment variable that tells job-init which fd is the connected console socket.
+pub const CONSOLE_FD_ENV: &str = "_JOB_INIT_CONSOLE_FD";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -65,6 +67,8 @@ pub struct LaunchRequest<'a> {
     pub cgroup: &'a Cgroup,
     /// The exec fifo, opened read-write by the caller; job-init blocks reading it.
     pub fifo: &'a OwnedFd,
+    /// The console socket, connected: job-init sends the pty master over it.
+    pub console: Option<&'a OwnedFd>,
     pub preserve_fds: u32,
     /// stdin, stdout, stderr for the container; `None` keeps the caller's.
     pub stdio: Option<[RawFd; 3]>,
@@ -97,9 +101,16 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
     // Both fds the child keeps must sit above the preserved ones, which job-init leaves open.
     let floor = 3 + req.preserve_fds as RawFd;
     let child_end = dup_above(&child_end, floor)?;
-    let fifo = dup_above(req.fifo, floor)?;
-
-    let exec = ExecImage::new(req.init_path, child_end.as_raw_fd(), fifo.as_raw_fd())?;
+    let mut passed = vec![
+        (INIT_FD_ENV, child_end),
+        (FIFO_FD_ENV, dup_above(req.fifo, floor)?),
+    ];
+    if let Some(console) = req.console {
+        passed.push((CONSOLE_FD_ENV, dup_above(console, floor)?));
+    }
+    let sock = passed[0].1.as_raw_fd();
+    let keep: Vec<RawFd> = passed.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let exec = ExecImage::new(req.init_path, &passed)?;
     let join = req.cgroup.create()?;
     let (tasks, into_cgroup): (Vec<RawFd>, Option<RawFd>) = match &join {
         Join::V1Tasks(fds) => (fds.iter().map(|f| f.as_raw_fd()).collect(), None),
@@ -123,16 +134,15 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
                 &tasks,
                 &joins,
                 req.stdio,
-                child_end.as_raw_fd(),
-                fifo.as_raw_fd(),
+                sock,
+                &keep,
                 &exec,
             ),
             Forked::Parent(pid) => pid,
         }
     };
     drop(join);
-    drop(child_end);
-    drop(fifo);
+    drop(passed);
 
     let result = parent_handshake(req, &plan, pid, &mut channel);
     if result.is_err() {
@@ -248,16 +258,16 @@ struct ExecImage {
 }
 
 impl ExecImage {
-    fn new(init: &Path, sock: RawFd, fifo: RawFd) -> Result<ExecImage, LaunchError> {
+    fn new(init: &Path, passed: &[(&str, OwnedFd)]) -> Result<ExecImage, LaunchError> {
         let path =
             CString::new(init.as_os_str().as_encoded_bytes()).map_err(|_| LaunchError::NoInit {
                 path: init.to_path_buf(),
             })?;
         let argv = vec![CString::from(c"job-init")];
-        let mut envp = vec![
-            CString::new(format!("{INIT_FD_ENV}={sock}")).expect("no NUL"),
-            CString::new(format!("{FIFO_FD_ENV}={fifo}")).expect("no NUL"),
-        ];
+        let mut envp: Vec<CString> = passed
+            .iter()
+            .map(|(name, fd)| CString::new(format!("{name}={}", fd.as_raw_fd())).expect("no NUL"))
+            .collect();
         if let Ok(v) = std::env::var("RUST_BACKTRACE") {
             if let Ok(c) = CString::new(format!("RUST_BACKTRACE={v}")) {
                 envp.push(c);
@@ -388,7 +398,7 @@ fn child_main(
     joins: &[(RawFd, CloneFlags)],
     stdio: Option<[RawFd; 3]>,
     sock: RawFd,
-    fifo: RawFd,
+    keep: &[RawFd],
     exec: &ExecImage,
 ) -> ! {
     // Into our cgroup first, while our credentials are still the caller's.
@@ -437,7 +447,7 @@ fn child_main(
     if become_root && unsafe { libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
         fail(sock, PreExecStep::BecomeRoot);
     }
-    for fd in [sock, fifo] {
+    for &fd in keep {
         // SAFETY: clears close-on-exec on our own fds so job-init inherits them.
         if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
             fail(sock, PreExecStep::KeepSocket);

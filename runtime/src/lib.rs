@@ -16,3 +16,4 @@ pub mod namespaces;
 pub mod process;
 pub mod spec;
 pub mod state;
+pub mod tty;
