@@ -5,7 +5,8 @@
 #
 # Usage: tests/v2-lane/run.sh            (from anywhere)
 # Env:
-#   V2LANE_BIN_DIR     dir holding job-runtime + job-init (default: <repo>/target/release)
+#   V2LANE_PROFILE     release (default) or debug: default bin dir and daemon test build
+#   V2LANE_BIN_DIR     dir holding job-runtime + job-init (default: ${CARGO_TARGET_DIR:-<repo>/target}/$V2LANE_PROFILE)
 #   V2LANE_LANE_ONLY=1 run only the lane self-checks (no job-runtime needed)
 #   V2LANE_CACHE       kernel/initramfs cache (default: /var/cache/jobworker-v2lane)
 #   V2LANE_KERNEL_PKG  e.g. linux-image-6.1.0-56-amd64 (default: newest 6.1.0-*-amd64 apt knows)
@@ -23,7 +24,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${V2LANE_CACHE:-/var/cache/jobworker-v2lane}"
-BIN_DIR="${V2LANE_BIN_DIR:-$REPO/target/release}"
+PROFILE="${V2LANE_PROFILE:-release}"   # release or debug: where binaries come from, how daemon tests build
+case "$PROFILE" in release|debug) ;; *) echo "v2-lane: V2LANE_PROFILE must be release or debug" >&2; exit 2;; esac
+BIN_DIR="${V2LANE_BIN_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE}"
 TIMEOUT="${V2LANE_TIMEOUT:-600}"
 ACCEL="${V2LANE_ACCEL:-tcg}"   # kvm works on a host whose /dev/kvm boots stock kernels (not this one)
 LANE_ONLY="${V2LANE_LANE_ONLY:-0}"
@@ -203,8 +206,9 @@ fi
 # Rust test executables to run in the guest ("EXE[:FILTER] ...").
 CARGO_TESTS="${V2LANE_CARGO_TESTS:-}"
 if [[ "${V2LANE_DAEMON_TESTS:-0}" == 1 ]]; then
-  log "building the daemon's tests (cargo test --release -p daemon --no-run)"
-  exe="$(cd "$REPO" && cargo test --release -p daemon --no-run --message-format=json 2>/dev/null \
+  log "building the daemon's tests (cargo test ($PROFILE) -p daemon --no-run)"
+  rel=(); [[ "$PROFILE" == release ]] && rel=(--release)
+  exe="$(cd "$REPO" && cargo test "${rel[@]}" -p daemon --no-run --message-format=json 2>/dev/null \
     | grep '"reason":"compiler-artifact"' | grep '"name":"daemon"' | grep '"kind":\["lib"\]' | grep '"test":true' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)" || true
   [[ -n "$exe" && -x "$exe" ]] || die "could not build the daemon's test executable"
