@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
+use oci_spec::runtime::LinuxNamespaceType;
 
 use crate::cgroups::{self, Cgroup, CgroupError};
 use crate::launch::{self, LaunchError, LaunchRequest};
@@ -104,6 +105,23 @@ impl CreateOptions {
             init_path: None,
         }
     }
+}
+
+/// What `exec` is asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// A complete process (`exec --process FILE`); otherwise the container's own with `args`.
+    pub process: Option<oci_spec::runtime::Process>,
+    pub args: Vec<String>,
+    /// Extra `KEY=VALUE` entries for the container's environment.
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub tty: bool,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub preserve_fds: u32,
+    pub stdio: Option<[RawFd; 3]>,
+    pub init_path: Option<PathBuf>,
 }
 
 /// A container known to the runtime, with its state as last refreshed.
@@ -204,7 +222,7 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
     let pid = launch::launch(&LaunchRequest {
         loaded: &loaded,
         cgroup: &cgroup,
-        fifo: &fifo,
+        fifo: Some(&fifo),
         console: console.as_ref(),
         preserve_fds: opts.preserve_fds,
         stdio: opts.stdio,
@@ -371,6 +389,122 @@ impl Container {
 
     pub fn stats(&self) -> Result<Stats, ContainerError> {
         Ok(self.cgroup()?.stats()?)
+    }
+
+    /// Starts an extra process inside this running container: it joins every namespace of
+    /// the container and its cgroup, with the user, capabilities, rlimits and cwd of
+    /// `process` (by default the container's own process with other `args`). Returns its pid
+    /// once it has been exec'd; it is a child of the caller.
+    pub fn exec(&self, opts: &ExecOptions) -> Result<i32, ContainerError> {
+        if !matches!(self.state.status, Status::Running | Status::Created) {
+            return Err(self.wrong_status("exec in", ", not running"));
+        }
+        let spec = self.exec_spec(opts)?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let console = match (terminal, &opts.console_socket) {
+            (true, Some(path)) => Some(tty::connect_console(path)?),
+            (true, None) => {
+                return Err(ContainerError::Terminal(
+                    "no --console-socket was given to receive it",
+                ))
+            }
+            (false, _) => None,
+        };
+        let loaded = spec::LoadedSpec {
+            spec,
+            bundle: self.state.bundle.clone(),
+            rootfs: self.state.rootfs.clone(),
+        };
+        let init_path = match &opts.init_path {
+            Some(p) => p.clone(),
+            None => launch::default_init_path()?,
+        };
+        let cgroup = self.cgroup()?;
+        let pid = launch::launch(&LaunchRequest {
+            loaded: &loaded,
+            cgroup: &cgroup,
+            fifo: None,
+            console: console.as_ref(),
+            preserve_fds: opts.preserve_fds,
+            stdio: opts.stdio,
+            init_path: &init_path,
+        })?;
+        if let Some(p) = &opts.pid_file {
+            spec::write_atomic(p, pid.to_string().as_bytes())
+                .map_err(io_err("write pid file", p))?;
+        }
+        Ok(pid)
+    }
+
+    /// The container's frozen spec turned into an exec: the new process, every namespace
+    /// joined through the init's `/proc/PID/ns`, and nothing that sets the container up again.
+    fn exec_spec(&self, opts: &ExecOptions) -> Result<oci_spec::runtime::Spec, ContainerError> {
+        let path = self.dir.join(CONFIG_FILE);
+        let text = fs::read(&path).map_err(io_err("read", &path))?;
+        let mut spec: oci_spec::runtime::Spec =
+            serde_json::from_slice(&text).map_err(|e| SpecError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let process = match &opts.process {
+            Some(p) => p.clone(),
+            None => {
+                let mut p = spec.process().clone().unwrap_or_default();
+                if opts.args.is_empty() {
+                    return Err(SpecError::Missing {
+                        path: PathBuf::from("exec"),
+                        field: "the command to run (--process FILE or arguments)",
+                    }
+                    .into());
+                }
+                p.set_args(Some(opts.args.clone()));
+                p.set_terminal(Some(opts.tty));
+                let mut env = p.env().clone().unwrap_or_default();
+                env.extend(opts.env.iter().cloned());
+                p.set_env(Some(env));
+                if let Some(cwd) = &opts.cwd {
+                    p.set_cwd(cwd.clone());
+                }
+                p
+            }
+        };
+        spec.set_process(Some(process));
+        spec.set_mounts(None);
+        spec.set_hooks(None);
+        let pid = self.state.pid;
+        if let Some(linux) = spec.linux_mut() {
+            let namespaces = linux.namespaces().clone().unwrap_or_default();
+            let joined = namespaces
+                .into_iter()
+                .map(|mut ns| {
+                    let file = match ns.typ() {
+                        LinuxNamespaceType::Mount => "mnt",
+                        LinuxNamespaceType::Network => "net",
+                        other => return Some((other, ns)),
+                    };
+                    ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/{file}"))));
+                    Some((ns.typ(), ns))
+                })
+                .map(|entry| {
+                    let (kind, mut ns) = entry.expect("mapped above");
+                    if ns.path().is_none() {
+                        ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/{kind}"))));
+                    }
+                    ns
+                })
+                .collect();
+            linux.set_namespaces(Some(joined));
+            linux.set_uid_mappings(None);
+            linux.set_gid_mappings(None);
+            linux.set_resources(None);
+            linux.set_masked_paths(None);
+            linux.set_readonly_paths(None);
+        }
+        Ok(spec)
     }
 
     /// Removes a stopped container: its cgroup and state directory. With `force` a created,

@@ -97,6 +97,9 @@ pub struct InitConfig {
     /// job-init must unshare a cgroup namespace now that it is in its cgroup.
     pub new_cgroupns: bool,
     pub cgroup_mount: Option<CgroupMount>,
+    /// An extra process in a running container (`exec`): the container is already set up,
+    /// so only the process's own settings apply, and it runs at once (no exec fifo).
+    pub exec: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -26,7 +26,8 @@ use crate::tty;
 
 /// Everything ready for `execve`, held while job-init waits for `start`.
 struct Prepared {
-    fifo: File,
+    /// `None` for `exec`: the process runs as soon as it is ready.
+    fifo: Option<File>,
     path: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -60,6 +61,11 @@ fn run() -> Result<Infallible, i32> {
         return Err(2);
     };
     let mut channel = Channel::from_fd(fd);
+    // Joining namespaces given by path comes first: everything after happens inside them.
+    if let Err(message) = crate::namespaces::enter_from_env() {
+        let _ = channel.send(&FromInit::Failed(message));
+        return Err(1);
+    }
     let config = match channel.recv::<ToInit>() {
         Ok(Received::Message(ToInit::Setup(config))) => config,
         // The parent gave up (or died): there is nobody to report to.
@@ -76,7 +82,9 @@ fn run() -> Result<Infallible, i32> {
         return Err(1);
     }
     drop(channel);
-    wait_for_start(&prepared.fifo)?;
+    if let Some(fifo) = &prepared.fifo {
+        wait_for_start(fifo)?;
+    }
     reset_signals();
     let err = nix::unistd::execve(&prepared.path, &prepared.argv, &prepared.envp)
         .expect_err("execve returns only on failure");
@@ -158,20 +166,22 @@ fn setup(config: &InitConfig) -> Result<Prepared, String> {
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
         );
     }
-    if config.new_cgroupns {
+    if config.new_cgroupns && !config.exec {
         unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| format!("unshare cgroup namespace: {}", errno_text(e)))?;
     }
     nix::unistd::setsid().map_err(|e| format!("setsid: {}", errno_text(e)))?;
 
-    let fifo =
-        fd_from_env(FIFO_FD_ENV).ok_or("exec fifo fd missing from job-init's environment")?;
-    let fifo = File::from(fifo);
+    let fifo = match fd_from_env(FIFO_FD_ENV) {
+        Some(fd) => Some(File::from(fd)),
+        None if config.exec => None,
+        None => return Err("exec fifo fd missing from job-init's environment".into()),
+    };
 
-    if has_namespace(spec, LinuxNamespaceType::Mount) {
+    if has_namespace(spec, LinuxNamespaceType::Mount) && !config.exec {
         build_filesystem(config).map_err(|e| e.to_string())?;
     }
-    if has_namespace(spec, LinuxNamespaceType::Uts) {
+    if has_namespace(spec, LinuxNamespaceType::Uts) && !config.exec {
         mounts::set_names(spec.hostname().as_deref(), spec.domainname().as_deref())
             .map_err(|e| e.to_string())?;
     }

@@ -2,8 +2,9 @@
 //! it exec job-init, write its id maps, put it in its cgroup with its limits, then hand it its
 //! configuration and wait for "ready" or a failure message.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -65,8 +66,9 @@ pub enum LaunchError {
 pub struct LaunchRequest<'a> {
     pub loaded: &'a LoadedSpec,
     pub cgroup: &'a Cgroup,
-    /// The exec fifo, opened read-write by the caller; job-init blocks reading it.
-    pub fifo: &'a OwnedFd,
+    /// The exec fifo, opened read-write by the caller; job-init blocks reading it. `None` for
+    /// `exec`, whose process runs as soon as it is ready.
+    pub fifo: Option<&'a OwnedFd>,
     /// The console socket, connected: job-init sends the pty master over it.
     pub console: Option<&'a OwnedFd>,
     pub preserve_fds: u32,
@@ -101,48 +103,42 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
     // Both fds the child keeps must sit above the preserved ones, which job-init leaves open.
     let floor = 3 + req.preserve_fds as RawFd;
     let child_end = dup_above(&child_end, floor)?;
-    let mut passed = vec![
-        (INIT_FD_ENV, child_end),
-        (FIFO_FD_ENV, dup_above(req.fifo, floor)?),
-    ];
+    let mut passed = vec![(INIT_FD_ENV, child_end)];
+    if let Some(fifo) = req.fifo {
+        passed.push((FIFO_FD_ENV, dup_above(fifo, floor)?));
+    }
     if let Some(console) = req.console {
         passed.push((CONSOLE_FD_ENV, dup_above(console, floor)?));
     }
+    // Namespaces given by path are joined by job-init itself: joining a mount namespace
+    // before the exec would make the exec resolve job-init's ELF interpreter in it.
+    let mut joins = Vec::with_capacity(plan.join.len());
+    for j in &plan.join {
+        joins.push((dup_above(&j.fd, floor)?, namespaces::clone_flag(j.kind)));
+    }
     let sock = passed[0].1.as_raw_fd();
-    let keep: Vec<RawFd> = passed.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-    let exec = ExecImage::new(req.init_path, &passed)?;
+    let mut keep: Vec<RawFd> = passed.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    keep.extend(joins.iter().map(|(fd, _)| fd.as_raw_fd()));
+    let join_env = namespaces::join_env(&joins, plan.unshare_flags);
+    let exec = ExecImage::new(req.init_path, &passed, join_env)?;
     let join = req.cgroup.create()?;
     let (tasks, into_cgroup): (Vec<RawFd>, Option<RawFd>) = match &join {
         Join::V1Tasks(fds) => (fds.iter().map(|f| f.as_raw_fd()).collect(), None),
         Join::V2Dir(fd) => (Vec::new(), Some(fd.as_raw_fd())),
     };
-    let joins: Vec<(RawFd, CloneFlags)> = plan
-        .join
-        .iter()
-        .map(|j| (j.fd.as_raw_fd(), namespaces::clone_flag(j.kind)))
-        .collect();
-
     let pid = {
         let _pid_ns = match &plan.join_pid {
             Some(fd) => Some(PidNsGuard::enter(fd)?),
             None => None,
         };
         match clone_child(plan.clone_flags, into_cgroup)? {
-            Forked::Child => child_main(
-                plan.enters_user(),
-                plan.unshare_flags,
-                &tasks,
-                &joins,
-                req.stdio,
-                sock,
-                &keep,
-                &exec,
-            ),
+            Forked::Child => child_main(plan.new_user, &tasks, req.stdio, sock, &keep, &exec),
             Forked::Parent(pid) => pid,
         }
     };
     drop(join);
     drop(passed);
+    drop(joins);
 
     let result = parent_handshake(req, &plan, pid, &mut channel);
     if result.is_err() {
@@ -188,6 +184,7 @@ fn parent_handshake(
         new_netns: plan.new_net,
         new_cgroupns: plan.new_cgroup,
         cgroup_mount: Some(req.cgroup.mount_plan()),
+        exec: req.fifo.is_none(),
     };
     if let Err(e) = channel.send(&ToInit::Setup(Box::new(config))) {
         return Err(died_or(pid, channel, e));
@@ -250,7 +247,9 @@ fn dup_above(fd: &OwnedFd, floor: RawFd) -> Result<OwnedFd, LaunchError> {
 
 /// Everything `execve` of job-init needs, built before the clone so the child never allocates.
 struct ExecImage {
-    path: CString,
+    /// job-init opened before the clone: the child may have joined another mount namespace
+    /// by the time it execs, where the host path means nothing.
+    binary: OwnedFd,
     _argv: Vec<CString>,
     _envp: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
@@ -258,16 +257,25 @@ struct ExecImage {
 }
 
 impl ExecImage {
-    fn new(init: &Path, passed: &[(&str, OwnedFd)]) -> Result<ExecImage, LaunchError> {
-        let path =
-            CString::new(init.as_os_str().as_encoded_bytes()).map_err(|_| LaunchError::NoInit {
+    fn new(
+        init: &Path,
+        passed: &[(&str, OwnedFd)],
+        extra_env: Option<String>,
+    ) -> Result<ExecImage, LaunchError> {
+        let binary: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(init)
+            .map_err(|_| LaunchError::NoInit {
                 path: init.to_path_buf(),
-            })?;
+            })?
+            .into();
         let argv = vec![CString::from(c"job-init")];
         let mut envp: Vec<CString> = passed
             .iter()
             .map(|(name, fd)| CString::new(format!("{name}={}", fd.as_raw_fd())).expect("no NUL"))
             .collect();
+        envp.extend(extra_env.and_then(|e| CString::new(e).ok()));
         if let Ok(v) = std::env::var("RUST_BACKTRACE") {
             if let Ok(c) = CString::new(format!("RUST_BACKTRACE={v}")) {
                 envp.push(c);
@@ -282,14 +290,10 @@ impl ExecImage {
         Ok(ExecImage {
             argv_ptrs: ptrs(&argv),
             envp_ptrs: ptrs(&envp),
-            path,
+            binary,
             _argv: argv,
             _envp: envp,
         })
-    }
-
-    fn path(&self) -> &CStr {
-        &self.path
     }
 }
 
@@ -388,14 +392,11 @@ fn clone_child(flags: CloneFlags, cgroup: Option<RawFd>) -> Result<Forked, Launc
     }
 }
 
-/// The clone child before job-init: join namespaces given by path, wire up stdio, exec.
-/// Async-signal-safe only: no allocation, no locks, no Rust std I/O.
-#[allow(clippy::too_many_arguments)]
+/// The clone child before job-init: join its cgroup, wire up stdio, wait for the go byte,
+/// exec. Async-signal-safe only: no allocation, no locks, no Rust std I/O.
 fn child_main(
     become_root: bool,
-    unshare_flags: CloneFlags,
     cgroup_tasks: &[RawFd],
-    joins: &[(RawFd, CloneFlags)],
     stdio: Option<[RawFd; 3]>,
     sock: RawFd,
     keep: &[RawFd],
@@ -407,16 +408,6 @@ fn child_main(
         if unsafe { libc::write(*fd, c"0".as_ptr().cast(), 1) } != 1 {
             fail(sock, PreExecStep::JoinCgroup);
         }
-    }
-    for (fd, flag) in joins {
-        // SAFETY: setns on an fd we opened; a raw syscall with integer arguments.
-        if unsafe { libc::setns(*fd, flag.bits()) } != 0 {
-            fail(sock, PreExecStep::JoinNamespace);
-        }
-    }
-    // SAFETY: a raw syscall with an integer argument.
-    if !unshare_flags.is_empty() && unsafe { libc::unshare(unshare_flags.bits()) } != 0 {
-        fail(sock, PreExecStep::JoinNamespace);
     }
     if let Some(fds) = stdio {
         for (target, fd) in fds.iter().enumerate() {
@@ -456,10 +447,12 @@ fn child_main(
     // SAFETY: all pointers come from `exec`, which outlives this call and holds
     // NUL-terminated strings and NULL-terminated pointer arrays.
     unsafe {
-        libc::execve(
-            exec.path().as_ptr(),
-            exec.argv_ptrs.as_ptr(),
-            exec.envp_ptrs.as_ptr(),
+        libc::execveat(
+            exec.binary.as_raw_fd(),
+            c"".as_ptr(),
+            exec.argv_ptrs.as_ptr() as *const *mut libc::c_char,
+            exec.envp_ptrs.as_ptr() as *const *mut libc::c_char,
+            libc::AT_EMPTY_PATH,
         )
     };
     fail(sock, PreExecStep::Exec)

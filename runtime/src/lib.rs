@@ -14,6 +14,8 @@ pub mod logging;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
+pub mod seccomp;
+pub mod seccomp_default;
 pub mod spec;
 pub mod state;
 pub mod tty;

@@ -160,6 +160,65 @@ pub fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan, NamespaceErr
     Ok(plan)
 }
 
+/// Environment variable listing the namespaces job-init joins: `fd:flag,...;unshare-flags`.
+pub const JOIN_ENV: &str = "_JOB_INIT_NS";
+
+/// The `JOIN_ENV` entry for `joins` (user first) and the flags to unshare after them, or
+/// `None` when there is nothing to join.
+pub fn join_env(joins: &[(OwnedFd, CloneFlags)], unshare: CloneFlags) -> Option<String> {
+    if joins.is_empty() && unshare.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = joins
+        .iter()
+        .map(|(fd, flag)| format!("{}:{}", fd.as_raw_fd(), flag.bits()))
+        .collect();
+    Some(format!("{JOIN_ENV}={};{}", list.join(","), unshare.bits()))
+}
+
+/// Inside job-init: joins the namespaces the runtime passed (see [`join_env`]). After a user
+/// namespace it becomes that namespace's root, so the rest of the setup has its rights there.
+pub fn enter_from_env() -> Result<(), String> {
+    let Ok(value) = std::env::var(JOIN_ENV) else {
+        return Ok(());
+    };
+    let (list, unshare) = value.split_once(';').ok_or("malformed namespace list")?;
+    for entry in list.split(',').filter(|e| !e.is_empty()) {
+        let (fd, flag) = entry.split_once(':').ok_or("malformed namespace entry")?;
+        let fd: i32 = fd.parse().map_err(|_| "malformed namespace fd")?;
+        let flag =
+            CloneFlags::from_bits_retain(flag.parse().map_err(|_| "malformed namespace flag")?);
+        // SAFETY: the runtime passed this open namespace fd for us alone.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        nix::sched::setns(&fd, flag).map_err(|e| {
+            format!(
+                "join {} namespace: {}",
+                kind_from_flag(flag.bits()),
+                crate::mounts::errno_text(e)
+            )
+        })?;
+        if flag == CloneFlags::CLONE_NEWUSER {
+            let root_gid = nix::unistd::Gid::from_raw(0);
+            let root_uid = nix::unistd::Uid::from_raw(0);
+            nix::unistd::setresgid(root_gid, root_gid, root_gid)
+                .and_then(|()| nix::unistd::setresuid(root_uid, root_uid, root_uid))
+                .map_err(|e| {
+                    format!(
+                        "become root of the joined user namespace: {}",
+                        crate::mounts::errno_text(e)
+                    )
+                })?;
+        }
+    }
+    let unshare =
+        CloneFlags::from_bits_retain(unshare.parse().map_err(|_| "malformed unshare flags")?);
+    if !unshare.is_empty() {
+        nix::sched::unshare(unshare)
+            .map_err(|e| format!("create namespaces: {}", crate::mounts::errno_text(e)))?;
+    }
+    Ok(())
+}
+
 impl NamespacePlan {
     /// The child ends up in a user namespace other than the caller's and must become its root.
     pub fn enters_user(&self) -> bool {

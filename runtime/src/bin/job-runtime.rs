@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use runtime::container::{self, Container, CreateOptions, DEFAULT_ROOT};
+use runtime::container::{self, Container, CreateOptions, ExecOptions, DEFAULT_ROOT};
 use runtime::logging::{self, LogFormat};
 use runtime::spec;
 
@@ -119,6 +119,34 @@ enum Command {
         format: String,
         id: String,
     },
+    /// Run an extra process inside a running container
+    Exec {
+        /// The process as runtime-spec JSON (instead of ARGS)
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Return once the process runs instead of waiting for it
+        #[arg(short, long)]
+        detach: bool,
+        /// Give the process a terminal (needs --console-socket)
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        /// Working directory inside the container
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Extra environment variables (KEY=VALUE)
+        #[arg(short, long)]
+        env: Vec<String>,
+        id: String,
+        /// The command and its arguments
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Freeze every process of a container
     Pause { id: String },
     /// Thaw a paused container
@@ -170,6 +198,35 @@ fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Spec { bundle, .. } => write_spec(bundle)?,
         Command::List { quiet, format } => list(root, *quiet, format)?,
         Command::Ps { format, id } => ps(root, id, format)?,
+        Command::Exec {
+            process,
+            pid_file,
+            detach,
+            tty,
+            console_socket,
+            preserve_fds,
+            cwd,
+            env,
+            id,
+            args,
+        } => {
+            let process = match process {
+                Some(path) => Some(read_process(path)?),
+                None => None,
+            };
+            let opts = ExecOptions {
+                process,
+                args: args.clone(),
+                env: env.clone(),
+                cwd: cwd.clone(),
+                tty: *tty,
+                console_socket: console_socket.clone(),
+                pid_file: pid_file.clone(),
+                preserve_fds: *preserve_fds,
+                ..ExecOptions::default()
+            };
+            return exec(root, id, &opts, *detach);
+        }
         Command::Pause { id } => load(root, id)?.pause()?,
         Command::Resume { id } => load(root, id)?.resume()?,
     }
@@ -229,13 +286,18 @@ const FORWARDED: [Signal; 8] = [
     Signal::SIGCONT,
 ];
 
-fn run(cli: &Cli, args: &CreateArgs, detach: bool, keep: bool) -> Result<u8> {
-    // Blocked before the clone so none is lost; job-init unblocks them before exec.
+fn forwarded_mask() -> SigSet {
     let mut mask = SigSet::empty();
     for s in FORWARDED {
         mask.add(s);
     }
     mask.add(Signal::SIGCHLD);
+    mask
+}
+
+fn run(cli: &Cli, args: &CreateArgs, detach: bool, keep: bool) -> Result<u8> {
+    // Blocked before the clone so none is lost; job-init unblocks them before exec.
+    let mask = forwarded_mask();
     if !detach {
         mask.thread_block().context("block signals")?;
     }
@@ -272,6 +334,24 @@ fn wait_forwarding(pid: i32, mask: &SigSet) -> Result<u8> {
             Err(e) => bail!("wait for signals: {e}"),
         }
     }
+}
+
+fn read_process(path: &Path) -> Result<oci_spec::runtime::Process> {
+    let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a runtime-spec process", path.display()))
+}
+
+fn exec(root: &Path, id: &str, opts: &ExecOptions, detach: bool) -> Result<u8> {
+    let mask = forwarded_mask();
+    if !detach {
+        mask.thread_block().context("block signals")?;
+    }
+    let pid = load(root, id)?.exec(opts)?;
+    if detach {
+        return Ok(0);
+    }
+    wait_forwarding(pid, &mask)
 }
 
 fn write_spec(bundle: &Path) -> Result<()> {
