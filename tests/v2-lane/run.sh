@@ -206,9 +206,11 @@ fi
 # Rust test executables to run in the guest ("EXE[:FILTER] ...").
 CARGO_TESTS="${V2LANE_CARGO_TESTS:-}"
 if [[ "${V2LANE_DAEMON_TESTS:-0}" == 1 ]]; then
-  log "building the daemon's tests (cargo test ($PROFILE) -p daemon --no-run)"
-  rel=(); [[ "$PROFILE" == release ]] && rel=(--release)
-  exe="$(cd "$REPO" && cargo test "${rel[@]}" -p daemon --no-run --message-format=json 2>/dev/null \
+  # debug: the same invocation as the main test run (cargo test --workspace), so its
+  # artifacts are reused as they are; release: only the daemon's.
+  sel=(--workspace); [[ "$PROFILE" == release ]] && sel=(--release -p daemon)
+  log "building the daemon's tests (cargo test ${sel[*]} --no-run)"
+  exe="$(cd "$REPO" && cargo test "${sel[@]}" --no-run --message-format=json 2>/dev/null \
     | grep '"reason":"compiler-artifact"' | grep '"name":"daemon"' | grep '"kind":\["lib"\]' | grep '"test":true' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)" || true
   [[ -n "$exe" && -x "$exe" ]] || die "could not build the daemon's test executable"
