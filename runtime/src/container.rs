@@ -152,6 +152,12 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
+/// Compiled seccomp profiles live beside the containers, under a name no container ID can
+/// have (`@` is not in the ID alphabet), so `list` never mistakes it for one.
+fn seccomp_cache(root: &Path) -> PathBuf {
+    root.join("@seccomp-cache")
+}
+
 fn mkdir_mode(path: &Path, mode: u32, recursive: bool) -> std::io::Result<()> {
     fs::DirBuilder::new()
         .recursive(recursive)
@@ -224,6 +230,7 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
         cgroup: &cgroup,
         fifo: Some(&fifo),
         console: console.as_ref(),
+        seccomp_cache: &seccomp_cache(&opts.root),
         preserve_fds: opts.preserve_fds,
         stdio: opts.stdio,
         init_path: &init_path,
@@ -429,6 +436,7 @@ impl Container {
             cgroup: &cgroup,
             fifo: None,
             console: console.as_ref(),
+            seccomp_cache: &seccomp_cache(self.dir.parent().unwrap_or(Path::new(DEFAULT_ROOT))),
             preserve_fds: opts.preserve_fds,
             stdio: opts.stdio,
             init_path: &init_path,
@@ -571,6 +579,7 @@ pub fn list(root: &Path) -> Result<Vec<Container>, ContainerError> {
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| spec::validate_id(name).is_ok())
         .collect();
     names.sort();
     let mut out = Vec::new();

@@ -100,6 +100,9 @@ pub struct InitConfig {
     /// An extra process in a running container (`exec`): the container is already set up,
     /// so only the process's own settings apply, and it runs at once (no exec fifo).
     pub exec: bool,
+    /// The compiled seccomp filters (`seccomp::CompiledFilter::to_bytes`), installed by
+    /// job-init as late as it can.
+    pub seccomp: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

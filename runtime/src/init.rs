@@ -26,6 +26,8 @@ use crate::tty;
 
 /// Everything ready for `execve`, held while job-init waits for `start`.
 struct Prepared {
+    /// Installed right before `execve` (with no_new_privs; without it, already installed).
+    seccomp: Option<crate::seccomp::CompiledFilter>,
     /// `None` for `exec`: the process runs as soon as it is ready.
     fifo: Option<File>,
     path: CString,
@@ -86,6 +88,12 @@ fn run() -> Result<Infallible, i32> {
         wait_for_start(fifo)?;
     }
     reset_signals();
+    if let Some(filter) = &prepared.seccomp {
+        if let Err(e) = filter.install() {
+            eprintln!("job-init: install seccomp filter: {e}");
+            return Err(1);
+        }
+    }
     let err = nix::unistd::execve(&prepared.path, &prepared.argv, &prepared.envp)
         .expect_err("execve returns only on failure");
     eprintln!(
@@ -207,6 +215,22 @@ fn setup(config: &InitConfig) -> Result<Prepared, String> {
     if let Some(caps) = &caps {
         process::drop_bounding(caps).map_err(err_text)?;
     }
+    let mut filter = match &config.seccomp {
+        Some(bytes) => Some(
+            crate::seccomp::CompiledFilter::from_bytes(bytes)
+                .map_err(|e| format!("seccomp filter from the runtime: {e}"))?,
+        ),
+        None => None,
+    };
+    let no_new_privs = process.no_new_privileges() == Some(true);
+    if !no_new_privs {
+        // Without no_new_privs the kernel wants CAP_SYS_ADMIN to install a filter: do it
+        // while job-init still has it; the rest of the setup then runs under the filter.
+        if let Some(f) = filter.take() {
+            f.install()
+                .map_err(|e| format!("install seccomp filter: {e}"))?;
+        }
+    }
     process::set_user(process.user()).map_err(err_text)?;
     if let Some(caps) = &caps {
         process::apply_caps(caps).map_err(err_text)?;
@@ -226,6 +250,7 @@ fn setup(config: &InitConfig) -> Result<Prepared, String> {
         .ok_or("config.json: process.args is required")?;
     let path = process::find_executable(arg0, &env).map_err(err_text)?;
     Ok(Prepared {
+        seccomp: filter,
         fifo,
         path: process::c_path(&path).map_err(err_text)?,
         argv: process::c_strings("argument", args.iter().map(String::as_str)).map_err(err_text)?,

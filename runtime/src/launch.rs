@@ -4,7 +4,6 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -21,6 +20,7 @@ use crate::handshake::{
 };
 use crate::mounts::errno_text;
 use crate::namespaces::{self, NamespaceError};
+use crate::seccomp;
 use crate::spec::LoadedSpec;
 
 /// Environment variable naming the job-init binary; by default it sits next to the running
@@ -43,6 +43,8 @@ pub enum LaunchError {
     Handshake(#[from] HandshakeError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error("clone container process: {0}")]
     Clone(String),
     #[error("write {file} for pid {pid}: {reason}")]
@@ -71,6 +73,8 @@ pub struct LaunchRequest<'a> {
     pub fifo: Option<&'a OwnedFd>,
     /// The console socket, connected: job-init sends the pty master over it.
     pub console: Option<&'a OwnedFd>,
+    /// Where compiled seccomp profiles are cached (one file per distinct profile).
+    pub seccomp_cache: &'a Path,
     pub preserve_fds: u32,
     /// stdin, stdout, stderr for the container; `None` keeps the caller's.
     pub stdio: Option<[RawFd; 3]>,
@@ -98,6 +102,10 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
     let spec = &req.loaded.spec;
     let linux = spec.linux().as_ref().expect("validated: linux is present");
     let plan = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())?;
+    let seccomp = match linux.seccomp() {
+        Some(profile) => Some(seccomp::compile_cached(profile, req.seccomp_cache)?.to_bytes()),
+        None => None,
+    };
 
     let (mut channel, child_end) = Channel::pair()?;
     // Both fds the child keeps must sit above the preserved ones, which job-init leaves open.
@@ -140,7 +148,7 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
     drop(passed);
     drop(joins);
 
-    let result = parent_handshake(req, &plan, pid, &mut channel);
+    let result = parent_handshake(req, &plan, pid, &mut channel, seccomp);
     if result.is_err() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = waitpid(Pid::from_raw(pid), None);
@@ -153,6 +161,7 @@ fn parent_handshake(
     plan: &namespaces::NamespacePlan,
     pid: i32,
     channel: &mut Channel,
+    seccomp: Option<Vec<u8>>,
 ) -> Result<(), LaunchError> {
     let spec = &req.loaded.spec;
     let linux = spec.linux().as_ref().expect("validated: linux is present");
@@ -185,6 +194,7 @@ fn parent_handshake(
         new_cgroupns: plan.new_cgroup,
         cgroup_mount: Some(req.cgroup.mount_plan()),
         exec: req.fifo.is_none(),
+        seccomp,
     };
     if let Err(e) = channel.send(&ToInit::Setup(Box::new(config))) {
         return Err(died_or(pid, channel, e));
@@ -247,8 +257,7 @@ fn dup_above(fd: &OwnedFd, floor: RawFd) -> Result<OwnedFd, LaunchError> {
 
 /// Everything `execve` of job-init needs, built before the clone so the child never allocates.
 struct ExecImage {
-    /// job-init opened before the clone: the child may have joined another mount namespace
-    /// by the time it execs, where the host path means nothing.
+    /// A sealed memfd copy of job-init (see [`sealed_copy`]), made before the clone.
     binary: OwnedFd,
     _argv: Vec<CString>,
     _envp: Vec<CString>,
@@ -262,14 +271,7 @@ impl ExecImage {
         passed: &[(&str, OwnedFd)],
         extra_env: Option<String>,
     ) -> Result<ExecImage, LaunchError> {
-        let binary: OwnedFd = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-            .open(init)
-            .map_err(|_| LaunchError::NoInit {
-                path: init.to_path_buf(),
-            })?
-            .into();
+        let binary = sealed_copy(init)?;
         let argv = vec![CString::from(c"job-init")];
         let mut envp: Vec<CString> = passed
             .iter()
@@ -295,6 +297,61 @@ impl ExecImage {
             _envp: envp,
         })
     }
+}
+
+/// A sealed in-memory copy of job-init to exec (CVE-2019-5736): a container that reaches
+/// job-init through `/proc/PID/exe` finds a memfd that nobody can write, not the host binary.
+fn sealed_copy(init: &Path) -> Result<OwnedFd, LaunchError> {
+    let setup = |what: &'static str| {
+        move |e: std::io::Error| LaunchError::Setup {
+            what,
+            reason: format!("{}: {e}", init.display()),
+        }
+    };
+    let src = std::fs::File::open(init).map_err(|_| LaunchError::NoInit {
+        path: init.to_path_buf(),
+    })?;
+    let len = src.metadata().map_err(setup("stat job-init"))?.len() as usize;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"job-init".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(setup("memfd_create")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: memfd_create just returned this fd; nothing else owns it.
+    let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut copied = 0;
+    while copied < len {
+        // SAFETY: sendfile between two fds we own; the kernel copies page-cache pages.
+        let n = unsafe {
+            libc::sendfile(
+                memfd.as_raw_fd(),
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                len - copied,
+            )
+        };
+        match n {
+            n if n > 0 => copied += n as usize,
+            0 => break,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(setup("copy job-init")(e));
+                }
+            }
+        }
+    }
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on our memfd with integer flags.
+    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(setup("seal job-init")(std::io::Error::last_os_error()));
+    }
+    Ok(memfd)
 }
 
 /// Enters a pid namespace for this thread's future children, and returns to ours on drop.

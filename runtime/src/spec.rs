@@ -283,7 +283,11 @@ pub fn default_spec(args: &[String]) -> Spec {
             ]
         }
     });
-    serde_json::from_value(value).expect("the built-in default spec is valid")
+    let mut spec: Spec = serde_json::from_value(value).expect("the built-in default spec is valid");
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_seccomp(Some(crate::seccomp_default::default_profile()));
+    }
+    spec
 }
 
 /// Writes a spec as indented JSON, atomically (temporary file in the same directory, then rename).
