@@ -309,3 +309,19 @@ pub fn process_alive(pid: i32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Fills `dir` with a busybox root filesystem (the same tree [`Bundle::new`] builds:
+/// `/bin/busybox` with the applets as symlinks, `/proc /sys /dev /tmp /etc`, an
+/// `/etc/passwd` with root), for clients that take a rootfs or an image of their own.
+pub fn busybox_rootfs(dir: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let busybox =
+        which("busybox").expect("busybox is not installed (apt-get install busybox-static)");
+    fs::copy(&busybox, dir.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+}
