@@ -7,7 +7,9 @@
 //!   with an image built by umoci, run by `ctr run --runc-binary PATH` through
 //!   containerd-shim-runc-v2.
 //!
-//! Flows without a terminal and without `exec`. Every external command is bounded in time,
+//! Flows: run (attached, `--rm`, detached), exit codes and stdio, create errors, stop (TERM,
+//! then KILL), rm/delete, ps, pause/resume, `exec`, and terminals (`-t`, which needs a pty
+//! of our own for `ctr`). Every external command is bounded in time,
 //! and each harness's `Drop` removes what its test made even when the test fails: containers,
 //! processes whose command line names the test's directory, mounts under that directory and
 //! the test's own cgroup parent (only `rmdir`, only under that unique name).
@@ -16,12 +18,14 @@
 //! install nothing.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::OFlag;
 use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -104,6 +108,73 @@ fn try_run_bounded(cmd: &mut Command, dir: &Path, limit: Duration) -> Result<Out
 
 fn run_bounded(cmd: &mut Command, dir: &Path) -> Output {
     try_run_bounded(cmd, dir, COMMAND_LIMIT).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `cmd` with a new pty as its stdin, stdout and stderr (ctr's `-t` wants a terminal
+/// on stdin), killing it after `limit`. Returns its status and everything it wrote.
+///
+/// Both pty ends are opened close-on-exec, so commands that other tests spawn at the same
+/// time (podman leaves conmon running) never inherit them and the reader sees the end.
+fn run_on_pty(cmd: &mut Command, limit: Duration) -> (std::process::ExitStatus, String) {
+    use std::sync::{Arc, Mutex};
+    let master =
+        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+    nix::pty::grantpt(&master).unwrap();
+    nix::pty::unlockpt(&master).unwrap();
+    let slave_path = nix::pty::ptsname_r(&master).unwrap();
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&slave_path)
+        .unwrap();
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    let spawned = cmd.spawn();
+    // The Command holds the slave until its stdio is replaced: only the child may keep it.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = spawned.unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (output, done) = (output.clone(), done.clone());
+        let mut master = master;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once the last slave fd is closed.
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {limit:?}; its terminal showed: {:?}",
+                String::from_utf8_lossy(&output.lock().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let start = Instant::now();
+    while !done.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    (status, text)
 }
 
 /// Panics with the command's output unless it succeeded.
@@ -265,28 +336,43 @@ fn remove_test_cgroups(name: &str) {
 }
 
 /// `job-runtime [--root ROOT] ARGS`, bounded.
-fn job_runtime_cmd(root: Option<&Path>, args: &[&str], dir: &Path, limit: Duration) -> Output {
+fn try_job_runtime_cmd(
+    root: Option<&Path>,
+    args: &[&str],
+    dir: &Path,
+    limit: Duration,
+) -> Result<Output, String> {
     let mut c = Command::new(job_runtime());
     if let Some(root) = root {
         c.arg("--root").arg(root);
     }
     c.args(args);
-    try_run_bounded(&mut c, dir, limit).unwrap_or_else(|e| panic!("{e}"))
+    try_run_bounded(&mut c, dir, limit)
+}
+
+fn job_runtime_cmd(root: Option<&Path>, args: &[&str], dir: &Path, limit: Duration) -> Output {
+    try_job_runtime_cmd(root, args, dir, limit).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The ids of job-runtime's containers in `root` (default root if `None`) whose bundle lies
 /// under `dir`.
-fn runtime_containers_under(root: Option<&Path>, dir: &Path) -> Vec<String> {
+fn runtime_containers_under(root: Option<&Path>, dir: &Path) -> Result<Vec<String>, String> {
     let mut c = Command::new(job_runtime());
     if let Some(root) = root {
         c.arg("--root").arg(root);
     }
     c.args(["list", "--format", "json"]);
-    let Ok(out) = try_run_bounded(&mut c, dir, CLEANUP_LIMIT) else {
-        return Vec::new();
-    };
-    let states: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    states
+    let out = try_run_bounded(&mut c, dir, CLEANUP_LIMIT)?;
+    if !out.status.success() {
+        return Err(format!("job-runtime list failed: {}", stderr(&out)));
+    }
+    let states: Vec<Value> = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "job-runtime list printed no JSON list ({e}): {}",
+            stdout(&out)
+        )
+    })?;
+    Ok(states
         .iter()
         .filter(|s| {
             s["bundle"]
@@ -294,7 +380,7 @@ fn runtime_containers_under(root: Option<&Path>, dir: &Path) -> Vec<String> {
                 .is_some_and(|b| Path::new(b).starts_with(dir))
         })
         .filter_map(|s| s["id"].as_str().map(String::from))
-        .collect()
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -412,7 +498,7 @@ impl Podman {
             "podman still lists containers: {}",
             stdout(&out)
         );
-        let left = runtime_containers_under(None, self.path());
+        let left = runtime_containers_under(None, self.path()).unwrap_or_else(|e| panic!("{e}"));
         assert!(left.is_empty(), "job-runtime state left behind: {left:?}");
         wait_until(
             "no conmon or podman cleanup process of this test left",
@@ -454,8 +540,8 @@ impl Drop for Podman {
                 );
             }
         }
-        for id in runtime_containers_under(None, &d) {
-            let _ = job_runtime_cmd(None, &["delete", "--force", &id], &d, CLEANUP_LIMIT);
+        for id in runtime_containers_under(None, &d).unwrap_or_default() {
+            let _ = try_job_runtime_cmd(None, &["delete", "--force", &id], &d, CLEANUP_LIMIT);
         }
         end_processes_under(&d);
         unmount_under(&d);
@@ -622,6 +708,75 @@ fn podman_stop_delivers_term() {
     );
     assert!(!process_alive(pid), "pid {pid} still alive after stop");
     check("podman rm", p.podman(&["rm", &id]));
+    p.assert_clean();
+}
+
+/// `podman exec` (conmon calls `job-runtime exec --process FILE --detach --pid-file F ID`):
+/// the process runs inside the container's namespaces and its exit code comes back.
+#[test]
+fn podman_exec_joins_the_container() {
+    let p = Podman::new();
+    let out = check(
+        "podman run -d sleep",
+        p.run(&["-d"], &["/bin/sleep", "100"]),
+    );
+    let id = stdout(&out).trim().to_string();
+    // pid 1 of its pid namespace is the container's sleep; its hostname is podman's (the
+    // short id) in the container's UTS namespace.
+    let out = check(
+        "podman exec",
+        p.podman(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "echo exec-hi; hostname; cat /proc/1/cmdline",
+        ]),
+    );
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("exec-hi"), "exec printed {text:?}");
+    assert_eq!(lines.next(), Some(&id[..12]), "exec printed {text:?}");
+    assert!(
+        text.contains("sleep\x00100"),
+        "pid 1 seen by exec is not the container's sleep: {text:?}"
+    );
+    let out = p.podman(&["exec", &id, "sh", "-c", "exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", stderr(&out));
+    check(
+        "podman rm -f",
+        p.podman(&["rm", "--force", "--time", "0", &id]),
+    );
+    p.assert_clean();
+}
+
+/// `podman run -t` and `podman exec -t`: job-runtime gets `--console-socket` and sends the
+/// pty master to conmon; the process sees a terminal.
+#[test]
+fn podman_tty() {
+    let p = Podman::new();
+    let out = check(
+        "podman run -t",
+        p.run(
+            &["--rm", "-t"],
+            &["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty"],
+        ),
+    );
+    assert_eq!(stdout(&out), "is-a-tty\r\n");
+    let out = check(
+        "podman run -d sleep",
+        p.run(&["-d"], &["/bin/sleep", "100"]),
+    );
+    let id = stdout(&out).trim().to_string();
+    let out = check(
+        "podman exec -t",
+        p.podman(&["exec", "-t", &id, "sh", "-c", "test -t 1 && echo exec-tty"]),
+    );
+    assert_eq!(stdout(&out), "exec-tty\r\n");
+    check(
+        "podman rm -f",
+        p.podman(&["rm", "--force", "--time", "0", &id]),
+    );
     p.assert_clean();
 }
 
@@ -827,8 +982,9 @@ impl Drop for Containerd {
             }
         }
         let root = self.runtime_root();
-        for id in runtime_containers_under(Some(&root), &d) {
-            let _ = job_runtime_cmd(Some(&root), &["delete", "--force", &id], &d, CLEANUP_LIMIT);
+        for id in runtime_containers_under(Some(&root), &d).unwrap_or_default() {
+            let _ =
+                try_job_runtime_cmd(Some(&root), &["delete", "--force", &id], &d, CLEANUP_LIMIT);
         }
         if let Some(mut daemon) = self.daemon.take() {
             let _ = kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM);
@@ -960,6 +1116,118 @@ fn containerd_detached_kill_delete() {
     assert!(!process_alive(pid), "pid {pid} alive after kill -9");
     check("ctr task delete", c.ctr(&["task", "delete", id]));
     assert!(c.task(id).is_none(), "task still listed after delete");
+    check("ctr container delete", c.ctr(&["containers", "delete", id]));
+    c.assert_clean(id);
+}
+
+/// `ctr task exec` (the shim calls `job-runtime exec --process FILE --detach --pid-file F ID`):
+/// the process runs in the container's pid namespace and its exit code comes back.
+#[test]
+fn containerd_exec_joins_the_container() {
+    let c = Containerd::start();
+    let id = "execd";
+    check("ctr run -d", c.run(&["-d"], id, &["/bin/sleep", "100"]));
+    let fifo_dir = c.path().join("fifo");
+    let exec = |exec_id: &str, cmd: &[&str]| {
+        let mut args = vec![
+            "task",
+            "exec",
+            "--fifo-dir",
+            fifo_dir.to_str().unwrap(),
+            "--exec-id",
+            exec_id,
+            id,
+        ];
+        args.extend_from_slice(cmd);
+        c.ctr(&args)
+    };
+    let out = check(
+        "ctr task exec",
+        exec("e1", &["sh", "-c", "echo exec-hi; cat /proc/1/cmdline"]),
+    );
+    let text = stdout(&out);
+    assert!(text.starts_with("exec-hi\n"), "exec printed {text:?}");
+    assert!(
+        text.contains("sleep\x00100"),
+        "pid 1 seen by exec is not the container's sleep: {text:?}"
+    );
+    let out = exec("e2", &["sh", "-c", "exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", stderr(&out));
+    check("ctr task kill", c.ctr(&["task", "kill", "-s", "9", id]));
+    wait_until("the task is stopped", Duration::from_secs(20), || {
+        c.task(id).is_some_and(|(_, s)| s == "STOPPED")
+    });
+    check("ctr task delete", c.ctr(&["task", "delete", id]));
+    check("ctr container delete", c.ctr(&["containers", "delete", id]));
+    c.assert_clean(id);
+}
+
+/// `ctr run -t` and `ctr task exec -t` on a terminal of our own: job-runtime gets
+/// `--console-socket` and sends the pty master to the shim; the process sees a terminal.
+#[test]
+fn containerd_tty() {
+    let c = Containerd::start();
+    let runtime = job_runtime();
+    let runc_root = c.path().join("runtime");
+    let fifo_dir = c.path().join("fifo");
+    let (status, text) = run_on_pty(
+        &mut c.command(&[
+            "run",
+            "--rm",
+            "-t",
+            "--runc-binary",
+            runtime.to_str().unwrap(),
+            "--runc-root",
+            runc_root.to_str().unwrap(),
+            "--fifo-dir",
+            fifo_dir.to_str().unwrap(),
+            IMAGE,
+            "tty1",
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo is-a-tty",
+        ]),
+        COMMAND_LIMIT,
+    );
+    assert!(status.success(), "ctr run -t failed ({status}): {text:?}");
+    // Two terminals translate the newline (the container's and ours): compare without \r.
+    assert!(
+        text.replace('\r', "").contains("is-a-tty\n"),
+        "ctr run -t showed {text:?}"
+    );
+    c.assert_clean("tty1");
+
+    let id = "tty2";
+    check("ctr run -d", c.run(&["-d"], id, &["/bin/sleep", "100"]));
+    let (status, text) = run_on_pty(
+        &mut c.command(&[
+            "task",
+            "exec",
+            "-t",
+            "--fifo-dir",
+            fifo_dir.to_str().unwrap(),
+            "--exec-id",
+            "e1",
+            id,
+            "sh",
+            "-c",
+            "test -t 1 && echo exec-tty",
+        ]),
+        COMMAND_LIMIT,
+    );
+    assert!(
+        status.success(),
+        "ctr task exec -t failed ({status}): {text:?}"
+    );
+    assert!(
+        text.replace('\r', "").contains("exec-tty\n"),
+        "ctr task exec -t showed {text:?}"
+    );
+    check("ctr task kill", c.ctr(&["task", "kill", "-s", "9", id]));
+    wait_until("the task is stopped", Duration::from_secs(20), || {
+        c.task(id).is_some_and(|(_, s)| s == "STOPPED")
+    });
+    check("ctr task delete", c.ctr(&["task", "delete", id]));
     check("ctr container delete", c.ctr(&["containers", "delete", id]));
     c.assert_clean(id);
 }
