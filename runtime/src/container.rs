@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::LinuxNamespaceType;
 
 use crate::cgroups::{self, Cgroup, CgroupError};
+use crate::hooks::{self, HookError, Stage};
 use crate::launch::{self, LaunchError, LaunchRequest};
 use crate::mounts::errno_text;
 use crate::spec::{self, SpecError};
@@ -61,6 +62,8 @@ pub enum ContainerError {
     Terminal(&'static str),
     #[error(transparent)]
     Tty(#[from] TtyError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
 }
 
 fn io_err<'a>(
@@ -226,6 +229,7 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
         .into();
 
     let pid = launch::launch(&LaunchRequest {
+        id: &opts.id,
         loaded: &loaded,
         cgroup: &cgroup,
         fifo: Some(&fifo),
@@ -251,6 +255,15 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
         cgroup_path,
         systemd_cgroup: opts.systemd_cgroup,
     };
+    let state_json = serde_json::to_string(&state.oci()).unwrap_or_default();
+    let hooks = loaded.spec.hooks().as_ref();
+    let hooks_ok = hooks::run(Stage::Prestart, hooks, &state_json)
+        .and_then(|()| hooks::run(Stage::CreateRuntime, hooks, &state_json));
+    if let Err(e) = hooks_ok {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        wait_gone(pid, pid_start_time, Duration::from_secs(5));
+        return Err(e.into());
+    }
     let result = state
         .save(&dir)
         .map_err(ContainerError::from)
@@ -353,7 +366,24 @@ impl Container {
         fs::remove_file(&fifo_path).map_err(io_err("remove exec fifo", &fifo_path))?;
         self.state.status = Status::Running;
         self.state.save(&self.dir)?;
+        if let Ok(spec) = self.frozen_spec() {
+            let state_json = serde_json::to_string(&self.state.oci()).unwrap_or_default();
+            hooks::run_warn(Stage::Poststart, spec.hooks().as_ref(), &state_json);
+        }
         Ok(())
+    }
+
+    /// The spec as it was at `create`.
+    fn frozen_spec(&self) -> Result<oci_spec::runtime::Spec, ContainerError> {
+        let path = self.dir.join(CONFIG_FILE);
+        let text = fs::read(&path).map_err(io_err("read", &path))?;
+        serde_json::from_slice(&text).map_err(|e| {
+            SpecError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+            .into()
+        })
     }
 
     /// Sends `signal` to the init process, or with `all` to every process in the cgroup.
@@ -432,6 +462,7 @@ impl Container {
         };
         let cgroup = self.cgroup()?;
         let pid = launch::launch(&LaunchRequest {
+            id: &self.state.id,
             loaded: &loaded,
             cgroup: &cgroup,
             fifo: None,
@@ -451,13 +482,7 @@ impl Container {
     /// The container's frozen spec turned into an exec: the new process, every namespace
     /// joined through the init's `/proc/PID/ns`, and nothing that sets the container up again.
     fn exec_spec(&self, opts: &ExecOptions) -> Result<oci_spec::runtime::Spec, ContainerError> {
-        let path = self.dir.join(CONFIG_FILE);
-        let text = fs::read(&path).map_err(io_err("read", &path))?;
-        let mut spec: oci_spec::runtime::Spec =
-            serde_json::from_slice(&text).map_err(|e| SpecError::Parse {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let mut spec = self.frozen_spec()?;
         let process = match &opts.process {
             Some(p) => p.clone(),
             None => {
@@ -533,6 +558,10 @@ impl Container {
             self.state.status = Status::Stopped;
         }
         self.cgroup()?.destroy()?;
+        if let Ok(spec) = self.frozen_spec() {
+            let state_json = serde_json::to_string(&self.state.oci()).unwrap_or_default();
+            hooks::run_warn(Stage::Poststop, spec.hooks().as_ref(), &state_json);
+        }
         fs::remove_dir_all(&self.dir).map_err(io_err("remove state dir", &self.dir))
     }
 }

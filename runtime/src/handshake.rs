@@ -103,6 +103,8 @@ pub struct InitConfig {
     /// The compiled seccomp filters (`seccomp::CompiledFilter::to_bytes`), installed by
     /// job-init as late as it can.
     pub seccomp: Option<Vec<u8>>,
+    /// The state JSON given to createContainer and startContainer hooks on stdin.
+    pub state_json: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

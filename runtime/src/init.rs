@@ -19,6 +19,7 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::handshake::{Channel, FromInit, InitConfig, Received, ToInit, INIT_FD_ENV};
+use crate::hooks::{self, Stage};
 use crate::launch::{CONSOLE_FD_ENV, FIFO_FD_ENV};
 use crate::mounts::{self, errno_text, MountContext};
 use crate::process::{self, ProcessError};
@@ -26,6 +27,8 @@ use crate::tty;
 
 /// Everything ready for `execve`, held while job-init waits for `start`.
 struct Prepared {
+    hooks: Option<oci_spec::runtime::Hooks>,
+    state_json: String,
     /// Installed right before `execve` (with no_new_privs; without it, already installed).
     seccomp: Option<crate::seccomp::CompiledFilter>,
     /// `None` for `exec`: the process runs as soon as it is ready.
@@ -86,6 +89,14 @@ fn run() -> Result<Infallible, i32> {
     drop(channel);
     if let Some(fifo) = &prepared.fifo {
         wait_for_start(fifo)?;
+        if let Err(e) = hooks::run(
+            Stage::StartContainer,
+            prepared.hooks.as_ref(),
+            &prepared.state_json,
+        ) {
+            eprintln!("job-init: {e}");
+            return Err(1);
+        }
     }
     reset_signals();
     if let Some(filter) = &prepared.seccomp {
@@ -250,6 +261,8 @@ fn setup(config: &InitConfig) -> Result<Prepared, String> {
         .ok_or("config.json: process.args is required")?;
     let path = process::find_executable(arg0, &env).map_err(err_text)?;
     Ok(Prepared {
+        hooks: spec.hooks().clone(),
+        state_json: config.state_json.clone(),
         seccomp: filter,
         fifo,
         path: process::c_path(&path).map_err(err_text)?,
@@ -287,6 +300,12 @@ fn build_filesystem(config: &InitConfig) -> Result<(), mounts::MountError> {
             .unwrap_or_default();
         mounts::create_devices(&config.rootfs, config.new_userns, devices)?;
     }
+    hooks::run(
+        Stage::CreateContainer,
+        spec.hooks().as_ref(),
+        &config.state_json,
+    )
+    .map_err(|e| mounts::MountError::Hook(e.to_string()))?;
     mounts::pivot_into(&config.rootfs)?;
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         mounts::make_root_readonly()?;

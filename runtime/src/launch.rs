@@ -66,6 +66,8 @@ pub enum LaunchError {
 
 /// What [`launch`] needs beyond the spec.
 pub struct LaunchRequest<'a> {
+    /// The container's ID (for the state that hooks receive).
+    pub id: &'a str,
     pub loaded: &'a LoadedSpec,
     pub cgroup: &'a Cgroup,
     /// The exec fifo, opened read-write by the caller; job-init blocks reading it. `None` for
@@ -195,6 +197,15 @@ fn parent_handshake(
         cgroup_mount: Some(req.cgroup.mount_plan()),
         exec: req.fifo.is_none(),
         seccomp,
+        state_json: serde_json::json!({
+            "ociVersion": crate::state::OCI_VERSION,
+            "id": req.id,
+            "status": "creating",
+            "pid": pid,
+            "bundle": req.loaded.bundle,
+            "annotations": spec.annotations().clone().unwrap_or_default(),
+        })
+        .to_string(),
     };
     if let Err(e) = channel.send(&ToInit::Setup(Box::new(config))) {
         return Err(died_or(pid, channel, e));

@@ -7,7 +7,9 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod features;
 pub mod handshake;
+pub mod hooks;
 pub mod init;
 pub mod launch;
 pub mod logging;

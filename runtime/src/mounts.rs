@@ -30,6 +30,9 @@ pub enum MountError {
     SymlinkLoop { path: PathBuf },
     #[error("pivot_root into {rootfs}: {reason}")]
     Pivot { rootfs: PathBuf, reason: String },
+    /// A createContainer hook failed; it runs between the mounts and `pivot_root`.
+    #[error("{0}")]
+    Hook(String),
     #[error("invalid rootfsPropagation {0:?}: expected shared, slave, private or unbindable (optionally r-prefixed)")]
     Propagation(String),
 }
@@ -72,6 +75,44 @@ impl Default for MountOptions {
         }
     }
 }
+
+/// Every option name `parse_options` understands (besides `key=value` data), for `features`.
+pub const KNOWN_MOUNT_OPTIONS: [&str; 34] = [
+    "ro",
+    "rw",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "noexec",
+    "exec",
+    "sync",
+    "async",
+    "dirsync",
+    "remount",
+    "mand",
+    "nomand",
+    "atime",
+    "noatime",
+    "diratime",
+    "nodiratime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "bind",
+    "rbind",
+    "tmpcopyup",
+    "defaults",
+    "private",
+    "rprivate",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "unbindable",
+    "runbindable",
+];
 
 fn propagation_flag(opt: &str) -> Option<MsFlags> {
     Some(match opt {

@@ -147,6 +147,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Print what this runtime supports (runtime-spec features JSON)
+    Features,
     /// Freeze every process of a container
     Pause { id: String },
     /// Thaw a paused container
@@ -226,6 +228,12 @@ fn dispatch(cli: &Cli) -> Result<u8> {
                 ..ExecOptions::default()
             };
             return exec(root, id, &opts, *detach);
+        }
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&runtime::features::features())?
+            );
         }
         Command::Pause { id } => load(root, id)?.pause()?,
         Command::Resume { id } => load(root, id)?.resume()?,
