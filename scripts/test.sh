@@ -11,9 +11,22 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins
 echo "== cargo test"
-cargo test --workspace -- --test-threads="${TEST_THREADS:-4}"
-if [ -x tests/v2-lane/run.sh ] && [ -z "${SKIP_V2_LANE:-}" ]; then
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+if [ -x tests/v2-lane/run.sh ] && [ -z "${SKIP_V2_LANE:-}" ] && [ "$status" -eq 0 ]; then
     echo "== cgroup v2 lane (guest kernel)"
-    cargo build --release -p runtime -p job-init
-    V2LANE_BIN_DIR="$PWD/target/release" tests/v2-lane/run.sh
+    set +e
+    tests/v2-lane/run.sh 2>&1 | tee -a "$log"
+    lane=${PIPESTATUS[0]}
+    set -e
+    [ "$lane" -eq 0 ] || status=$lane
 fi
+# One closing line for everything: cargo's per-binary lines and the v2 lane's result line.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     /^V2LANE RESULT:/ { p += $3; f += $5 }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

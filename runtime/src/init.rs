@@ -311,6 +311,9 @@ fn build_filesystem(config: &InitConfig) -> Result<(), mounts::MountError> {
         mounts::make_root_readonly()?;
     }
     if let Some(linux) = linux {
+        if let Some(sysctl) = linux.sysctl() {
+            mounts::write_sysctls(sysctl)?;
+        }
         mounts::mask_paths(linux.masked_paths().as_deref().unwrap_or_default())?;
         mounts::readonly_paths(linux.readonly_paths().as_deref().unwrap_or_default())?;
     }

@@ -820,6 +820,35 @@ pub fn mask_paths(paths: &[String]) -> Result<(), MountError> {
     Ok(())
 }
 
+/// Writes the spec's sysctls through the container's own `/proc/sys`, checking that each
+/// file really is on procfs before writing (CVE-2019-16884).
+pub fn write_sysctls(sysctl: &std::collections::HashMap<String, String>) -> Result<(), MountError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut keys: Vec<&String> = sysctl.keys().collect();
+    keys.sort();
+    for key in keys {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        let fail = |reason: String| MountError::Path {
+            op: "sysctl",
+            path: path.clone(),
+            reason,
+        };
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| fail(io_text(&e)))?;
+        let st = nix::sys::statfs::fstatfs(&file).map_err(|e| fail(errno_text(e)))?;
+        if st.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+            return Err(fail("not on procfs".into()));
+        }
+        file.write_all(sysctl[key].as_bytes())
+            .map_err(|e| fail(io_text(&e)))?;
+    }
+    Ok(())
+}
+
 /// Makes each path read-only with a bind mount onto itself, remounted read-only.
 pub fn readonly_paths(paths: &[String]) -> Result<(), MountError> {
     if paths.is_empty() {

@@ -199,6 +199,20 @@ fn check(spec: &Spec, bundle: &Path, path: &Path) -> Result<PathBuf, SpecError> 
             "id mappings are given but there is no user namespace".into(),
         ));
     }
+    for key in linux.sysctl().iter().flat_map(|m| m.keys()) {
+        let needs = sysctl_namespace(key).ok_or_else(|| {
+            invalid(
+                "linux.sysctl",
+                format!("{key} is not namespaced; only net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* can be set"),
+            )
+        })?;
+        if !namespaces.iter().any(|n| n.typ() == needs) {
+            return Err(invalid(
+                "linux.sysctl",
+                format!("{key} needs a {needs} namespace, which the spec does not have"),
+            ));
+        }
+    }
     for (field, paths) in [
         ("linux.maskedPaths", linux.masked_paths()),
         ("linux.readonlyPaths", linux.readonly_paths()),
@@ -216,6 +230,27 @@ fn check(spec: &Spec, bundle: &Path, path: &Path) -> Result<PathBuf, SpecError> 
         }
     }
     Ok(rootfs)
+}
+
+/// The namespace a sysctl key belongs to, or `None` for keys that would change the host.
+pub fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
+    if key.starts_with("net.") {
+        return Some(LinuxNamespaceType::Network);
+    }
+    let ipc = [
+        "kernel.shmmax",
+        "kernel.shmall",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+    ];
+    if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
+        return Some(LinuxNamespaceType::Ipc);
+    }
+    None
 }
 
 /// The secure default spec: every namespace including user (container root mapped to an
