@@ -751,9 +751,14 @@ impl PathFd {
 /// rootfs could put something else there).
 fn check_procfs() -> Result<(), MountError> {
     let st = nix::sys::statfs::statfs("/proc/self/fd").map_err(|e| MountError::Path {
-        op: "statfs",
+        op: "check",
         path: PathBuf::from("/proc"),
-        reason: errno_text(e),
+        reason: if e == Errno::ENOENT {
+            "no procfs is mounted there; masked and read-only paths need the container's /proc"
+                .into()
+        } else {
+            errno_text(e)
+        },
     })?;
     if st.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
         return Err(MountError::Path {

@@ -93,6 +93,7 @@ pub fn load(bundle: &Path) -> Result<LoadedSpec, SpecError> {
         message: e.to_string(),
     })?;
     let rootfs = check(&spec, &bundle, &path)?;
+    check_unsupported(&spec, &path)?;
     Ok(LoadedSpec {
         spec,
         bundle,
@@ -230,6 +231,73 @@ fn check(spec: &Spec, bundle: &Path, path: &Path) -> Result<PathBuf, SpecError> 
         }
     }
     Ok(rootfs)
+}
+
+/// Fields job-runtime does not implement: an error where ignoring them would leave the job
+/// less confined than its spec says, a warning where the runtime-spec allows ignoring them.
+fn check_unsupported(spec: &Spec, path: &Path) -> Result<(), SpecError> {
+    let refuse = |field: &str, what: &str| {
+        Err(SpecError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message: format!("{what} is not supported by job-runtime; remove the field"),
+        })
+    };
+    if let Some(linux) = spec.linux() {
+        if linux.intel_rdt().is_some() {
+            return refuse("linux.intelRdt", "Intel RDT");
+        }
+        if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            return refuse(
+                "linux.netDevices",
+                "moving network devices into the container",
+            );
+        }
+        if linux.memory_policy().is_some() {
+            return refuse("linux.memoryPolicy", "a NUMA memory policy");
+        }
+        if linux.personality().is_some() {
+            return refuse("linux.personality", "setting the personality");
+        }
+        if linux.mount_label().as_ref().is_some_and(|l| !l.is_empty()) && selinux_enabled() {
+            return refuse("linux.mountLabel", "SELinux labelling");
+        }
+    }
+    if let Some(process) = spec.process() {
+        // Without the LSM on the host a label confines nothing: runc ignores it too.
+        if process
+            .apparmor_profile()
+            .as_ref()
+            .is_some_and(|p| !p.is_empty())
+        {
+            if apparmor_enabled() {
+                return refuse("process.apparmorProfile", "AppArmor confinement");
+            }
+            tracing::warn!("process.apparmorProfile ignored: AppArmor is not enabled on this host");
+        }
+        if process
+            .selinux_label()
+            .as_ref()
+            .is_some_and(|l| !l.is_empty())
+            && selinux_enabled()
+        {
+            return refuse("process.selinuxLabel", "SELinux labelling");
+        }
+        if process.io_priority().is_some() || process.scheduler().is_some() {
+            tracing::warn!("process.ioPriority and process.scheduler are ignored by job-runtime");
+        }
+    }
+    Ok(())
+}
+
+fn apparmor_enabled() -> bool {
+    fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .map(|v| v.trim() == "Y")
+        .unwrap_or(false)
+}
+
+fn selinux_enabled() -> bool {
+    Path::new("/sys/fs/selinux/enforce").exists()
 }
 
 /// The namespace a sysctl key belongs to, or `None` for keys that would change the host.

@@ -187,3 +187,60 @@ fn spec_writes_a_default_config_and_refuses_to_overwrite() {
     assert_eq!(spec["root"]["readonly"], true);
     assert_eq!(spec["process"]["terminal"], false);
 }
+
+#[test]
+fn fields_that_would_weaken_isolation_if_ignored_are_refused() {
+    let b = Bundle::new(&["true"]);
+    b.edit(|s| s["linux"]["intelRdt"] = json!({ "closID": "x" }));
+    assert_create_fails(&b, &["linux.intelRdt", "not supported"]);
+    let b = Bundle::new(&["true"]);
+    b.edit(|s| s["linux"]["personality"] = json!({ "domain": "LINUX32" }));
+    assert_create_fails(&b, &["linux.personality", "not supported"]);
+    let b = Bundle::new(&["true"]);
+    b.edit(|s| {
+        s["linux"]["seccomp"]["syscalls"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "names": ["getpid"], "action": "SCMP_ACT_NOTIFY" }));
+    });
+    assert_create_fails(&b, &["SCMP_ACT_NOTIFY"]);
+}
+
+#[test]
+fn masked_paths_need_a_real_procfs() {
+    // CVE-2019-16884: with no procfs at /proc, /proc/self/fd cannot be trusted.
+    let b = Bundle::new(&["true"]);
+    b.edit(|s| {
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["destination"] != "/proc");
+    });
+    assert_create_fails(&b, &["/proc", "procfs"]);
+}
+
+#[test]
+fn features_describe_what_is_implemented() {
+    let b = Bundle::new(&["true"]);
+    let out = b.runtime(&["features"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ns: Vec<&str> = f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(ns.contains(&"user") && !ns.contains(&"time"), "{ns:?}");
+    assert!(f["linux"]["cgroup"]["v1"] == true && f["linux"]["cgroup"]["v2"] == true);
+    let actions = f["linux"]["seccomp"]["actions"].as_array().unwrap();
+    assert!(
+        !actions.iter().any(|a| a == "SCMP_ACT_NOTIFY"),
+        "NOTIFY is refused, not supported"
+    );
+    assert_eq!(
+        f["linux"]["seccomp"]["operators"].as_array().unwrap().len(),
+        7
+    );
+    assert_eq!(f["hooks"].as_array().unwrap().len(), 6);
+}
