@@ -321,8 +321,9 @@ async fn main() -> Result<()> {
     let f = wait_end(&mut c, &job.id).await?;
     let fan_ms = (f.ended_at_ms - f.started_at_ms - 1000).max(1);
     println!(
-        "fan-out: {} clients x {} bytes: {complete}/{} complete in {:.1} s; jobd peak RSS {} KiB; job {} ms alone vs {} ms with clients (ratio {:.2})",
+        "fan-out: {} clients (streams over {} TLS connections) x {} bytes: {complete}/{} complete in {:.1} s; jobd peak RSS {} KiB; job {} ms alone vs {} ms with clients (ratio {:.2})",
         args.fanout_clients,
+        clients.len(),
         args.fanout_bytes,
         args.fanout_clients,
         fan.as_secs_f64(),
@@ -371,13 +372,21 @@ async fn main() -> Result<()> {
         ids.len(),
         ms(pct(&mut lat, 0.5))
     );
+    // `sleep` is PID 1 of its namespace and ignores SIGTERM: stop all at once, short grace.
     let t = Instant::now();
-    for id in &ids {
-        c.stop_job(StopJobRequest {
-            job_id: id.clone(),
-            grace_period_ms: 1000,
-        })
-        .await?;
+    let mut tasks = Vec::new();
+    for id in ids {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.stop_job(StopJobRequest {
+                job_id: id,
+                grace_period_ms: 200,
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await??;
     }
     println!("stopped them in {:.1} s", t.elapsed().as_secs_f64());
     Ok(())

@@ -28,9 +28,9 @@ pub const OUTPUT_FILE: &str = "output";
 /// The stream index file's name.
 pub const STREAMS_FILE: &str = "output.streams";
 /// The largest chunk sent to a client.
-pub const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 32 * 1024;
 /// Chunks queued per follower before it waits for its client.
-const FOLLOWER_QUEUE: usize = 4;
+const FOLLOWER_QUEUE: usize = 1;
 
 /// Errors of the output store.
 #[derive(Debug, thiserror::Error)]
