@@ -61,6 +61,8 @@ fn fd_from_env(var: &str) -> Option<OwnedFd> {
 }
 
 fn run() -> Result<Infallible, i32> {
+    // Exec'd from a memfd, the kernel names us "memfd:job-init"; `ps` should say job-init.
+    let _ = nix::sys::prctl::set_name(c"job-init");
     let Some(fd) = fd_from_env(INIT_FD_ENV) else {
         eprintln!("job-init: this program is started by job-runtime, not by hand ({INIT_FD_ENV} is not set)");
         return Err(2);

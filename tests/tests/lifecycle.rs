@@ -327,7 +327,8 @@ fn only_stdio_and_preserved_fds_reach_the_job() {
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
-            if libc::dup2(keep_fd, 3) != 3 {
+            // dup2 onto itself keeps close-on-exec: clear it explicitly.
+            if libc::dup2(keep_fd, 3) != 3 || libc::fcntl(3, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
