@@ -84,27 +84,51 @@ fn a_default_container_refuses_the_known_escapes() {
 
 #[test]
 fn job_init_cannot_be_overwritten_through_proc_exe() {
-    // CVE-2019-5736: a created container's PID 1 is job-init; its /proc/1/exe must not lead
-    // to the host binary.
-    let b = Bundle::new(&["true"]);
+    // CVE-2019-5736, the strong form: no user namespace (container root is host root). While
+    // the container is created, its PID 1 is job-init; a process exec'd into it keeps an fd
+    // on /proc/1/exe, and after `start` (job-init has exec'd the job, so the binary is no
+    // longer busy) reopens it for writing.
+    let b = Bundle::new(&["sleep", "60"]);
+    b.edit(|s| {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "user");
+        s["linux"].as_object_mut().unwrap().remove("uidMappings");
+        s["linux"].as_object_mut().unwrap().remove("gidMappings");
+    });
     let id = unique_id("exe");
     assert!(b.create(&id).status.success());
     let host_init = tests::bin_dir().join("job-init");
     let before = fs::read(&host_init).unwrap();
-    let out = b.runtime(&[
-        "exec",
-        &id,
-        "sh",
-        "-c",
-        "readlink /proc/1/exe; echo pwned > /proc/1/exe && echo WROTE; \
-         cat /proc/1/exe > /dev/null && echo readable",
-    ]);
-    let text = stdout(&out);
-    assert!(
-        text.starts_with("/memfd:job-init"),
-        "job-init is not a sealed copy: {text}"
-    );
-    assert!(!text.contains("WROTE"), "wrote through /proc/1/exe: {text}");
+    let result = b.dir.path().join("attack.out");
+    let status = b
+        .command(&[
+            "exec",
+            "-d",
+            &id,
+            "sh",
+            "-c",
+            "exec 3</proc/1/exe; sleep 1; \
+             (echo pwned >/proc/self/fd/3) 2>/dev/null && echo WROTE || echo refused",
+        ])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&result).unwrap())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(b.runtime(&["start", &id]).status.success());
+    let start = std::time::Instant::now();
+    while fs::read_to_string(&result).unwrap_or_default().is_empty() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the attacker never reported"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let text = fs::read_to_string(&result).unwrap();
+    assert_eq!(text.trim(), "refused", "wrote through /proc/1/exe: {text}");
     assert_eq!(
         fs::read(&host_init).unwrap(),
         before,
