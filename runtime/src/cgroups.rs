@@ -158,6 +158,9 @@ pub struct Cgroup {
     dirs: Vec<(String, PathBuf)>,
     /// libcgroups' manager, made on first use: on v1 it reads mountinfo once per controller.
     manager: OnceLock<AnyCgroupManager>,
+    /// A manager being made on another thread (see [`Cgroup::prefetch_manager`]).
+    pending:
+        std::sync::Mutex<Option<std::thread::JoinHandle<Result<AnyCgroupManager, CgroupError>>>>,
 }
 
 impl Cgroup {
@@ -181,23 +184,33 @@ impl Cgroup {
             id: id.to_string(),
             dirs,
             manager: OnceLock::new(),
+            pending: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Starts making libcgroups' manager on another thread, so its cost (a few hundred
+    /// syscalls on v1) overlaps the rest of `create` instead of adding to it.
+    pub fn prefetch_manager(&self) {
+        let path = self.path.clone();
+        let id = self.id.clone();
+        let handle = std::thread::spawn(move || new_manager(&path, &id));
+        if let Ok(mut pending) = self.pending.lock() {
+            *pending = Some(handle);
+        }
     }
 
     fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
         if let Some(m) = self.manager.get() {
             return Ok(m);
         }
-        let m = create_cgroup_manager(CgroupConfig {
-            cgroup_path: self.path.clone(),
-            // A systemd path was already translated to its cgroupfs form.
-            systemd_cgroup: false,
-            container_name: self.id.clone(),
-        })
-        .map_err(|e| CgroupError::Manager {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        let pending = self.pending.lock().ok().and_then(|mut p| p.take());
+        let m = match pending {
+            Some(handle) => handle.join().map_err(|_| CgroupError::Manager {
+                path: self.path.clone(),
+                message: "the thread making the cgroup manager panicked".into(),
+            })??,
+            None => new_manager(&self.path, &self.id)?,
+        };
         Ok(self.manager.get_or_init(|| m))
     }
 
@@ -352,16 +365,41 @@ impl Cgroup {
             .map_err(|e| CgroupError::Apply {
                 path: self.path.clone(),
                 message: e.to_string(),
-            })
+            })?;
+        self.apply_v2_no_swap(resources)
     }
 
-    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
-        let procs = self.dir("pids").join("cgroup.procs");
-        match fs::read_to_string(&procs) {
-            Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(self.io_error("read", &procs, e)),
+    /// OCI `swap` is memory plus swap; equal to `limit` it means "no swap", which on v2 is
+    /// `memory.swap.max = 0`. libcgroups 0.7 skips writing a 0 there, leaving swap unlimited
+    /// and the memory limit soft on hosts with swap.
+    fn apply_v2_no_swap(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        if self.version != Version::V2 {
+            return Ok(());
         }
+        let Some(memory) = resources.memory() else {
+            return Ok(());
+        };
+        if let (Some(limit), Some(swap)) = (memory.limit(), memory.swap()) {
+            let file = self.dir("").join("memory.swap.max");
+            if limit > 0 && swap == limit && file.exists() {
+                fs::write(&file, "0").map_err(|e| self.io_error("write", &file, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every process in the cgroup and in any cgroup the job made below it.
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let mut pids = Vec::new();
+        for dir in subtree(&self.dir("pids")) {
+            let procs = dir.join("cgroup.procs");
+            match fs::read_to_string(&procs) {
+                Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io_error("read", &procs, e)),
+            }
+        }
+        Ok(pids)
     }
 
     pub fn freeze(&self) -> Result<(), CgroupError> {
@@ -423,7 +461,10 @@ impl Cgroup {
         self.signal_all(Signal::SIGKILL)?;
         self.wait_empty(Duration::from_secs(5));
         for (_, dir) in &self.dirs {
-            self.remove_dir(dir)?;
+            // Sub-cgroups the job made go first: a cgroup with children cannot be removed.
+            for d in subtree(dir) {
+                self.remove_dir(&d)?;
+            }
         }
         Ok(())
     }
@@ -483,6 +524,35 @@ impl Cgroup {
             message: e.to_string(),
         }
     }
+}
+
+fn new_manager(path: &Path, id: &str) -> Result<AnyCgroupManager, CgroupError> {
+    create_cgroup_manager(CgroupConfig {
+        cgroup_path: path.to_path_buf(),
+        // A systemd path was already translated to its cgroupfs form.
+        systemd_cgroup: false,
+        container_name: id.to_string(),
+    })
+    .map_err(|e| CgroupError::Manager {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// `dir` and every cgroup below it, deepest first (the order removal needs).
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(subtree(&e.path()));
+            }
+        }
+    }
+    if dir.exists() {
+        out.push(dir.to_path_buf());
+    }
+    out
 }
 
 /// Best effort: a controller the parent cannot delegate is reported when limits are applied.

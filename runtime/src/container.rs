@@ -190,6 +190,9 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
     )?;
     let cgroup = Cgroup::open(&cgroup_path, opts.systemd_cgroup, &opts.id)?;
     cgroup.ensure_new()?;
+    if linux.resources().is_some() {
+        cgroup.prefetch_manager();
+    }
     let init_path = match &opts.init_path {
         Some(p) => p.clone(),
         None => launch::default_init_path()?,

@@ -580,8 +580,16 @@ fn child_main(
     }
     // Our kernel ids are still the caller's, which the new map does not cover; becoming id 0
     // of the namespace makes the exec below keep full capabilities inside it.
+    // Raw syscalls, not glibc's wrappers: in a process glibc believes multi-threaded (jobd,
+    // or create's prefetch thread) the wrappers signal every other thread and wait for
+    // them, and in this single-threaded copy those threads do not exist: a hang.
     // SAFETY: raw syscalls with integer arguments.
-    if become_root && unsafe { libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
+    if become_root
+        && unsafe {
+            libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+        }
+    {
         fail(sock, PreExecStep::BecomeRoot);
     }
     for &fd in keep {

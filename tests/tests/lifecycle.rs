@@ -418,3 +418,45 @@ fn json_log_lines_carry_the_error() {
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
     b.assert_clean(&id);
 }
+
+#[test]
+fn force_delete_removes_cgroups_the_job_made_below_its_own() {
+    // Without a user namespace and with a writable cgroup mount, the job can nest cgroups.
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "d=/sys/fs/cgroup/pids; [ -d $d ] || d=/sys/fs/cgroup; \
+         mkdir $d/sub && sh -c 'echo $$ > '$d'/sub/cgroup.procs; exec sleep 100' & sleep 100",
+    ]);
+    b.edit(|s| {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "user");
+        s["linux"].as_object_mut().unwrap().remove("uidMappings");
+        s["linux"].as_object_mut().unwrap().remove("gidMappings");
+        for m in s["mounts"].as_array_mut().unwrap() {
+            if m["destination"] == "/sys/fs/cgroup" || m["destination"] == "/sys" {
+                m["options"] = json!(["nosuid", "noexec", "nodev", "rw"]);
+            }
+        }
+    });
+    let id = unique_id("nested");
+    assert!(b.create(&id).status.success());
+    assert!(b.runtime(&["start", &id]).status.success());
+    let start = Instant::now();
+    while !tests::cgroup_dirs(&id)
+        .iter()
+        .any(|d| d.join("sub").exists())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the job made no sub-cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let out = b.runtime(&["delete", "--force", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    b.assert_clean(&id);
+}
