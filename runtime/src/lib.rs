@@ -20,4 +20,5 @@ pub mod seccomp;
 pub mod seccomp_default;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod tty;

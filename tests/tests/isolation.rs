@@ -385,3 +385,36 @@ fn relative_masked_paths_are_rejected() {
     );
     b.assert_clean(&id);
 }
+
+#[test]
+fn stats_come_in_nanoseconds_and_bytes() {
+    let b = Bundle::new(&["sh", "-c", "sleep 100 & while :; do :; done"]);
+    b.edit(|s| s["linux"]["resources"]["pids"] = json!({ "limit": 20 }));
+    let id = unique_id("stats");
+    assert!(b.create(&id).status.success());
+    assert!(b.runtime(&["start", &id]).status.success());
+    std::thread::sleep(Duration::from_millis(700));
+    let out = b.runtime(&["events", "--stats", &id]);
+    let direct_ns = cpu_usage_ns(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["type"], "stats");
+    let total = e["data"]["cpu"]["usage"]["total"].as_u64().unwrap();
+    assert!(
+        total > 100_000_000,
+        "a busy loop for 0.7 s used {total} ns?"
+    );
+    assert!(
+        total <= direct_ns,
+        "{total} ns reported, the cgroup says {direct_ns} ns"
+    );
+    assert!(
+        total * 2 >= direct_ns,
+        "{total} is not in ns (cgroup: {direct_ns})"
+    );
+    assert!(e["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 100_000);
+    assert!(e["data"]["pids"]["current"].as_u64().unwrap() >= 2);
+    assert_eq!(e["data"]["pids"]["limit"], 20);
+    assert!(b.runtime(&["delete", "--force", &id]).status.success());
+    b.assert_clean(&id);
+}

@@ -149,6 +149,12 @@ enum Command {
     },
     /// Print what this runtime supports (runtime-spec features JSON)
     Features,
+    /// Print a container's resource usage (`--stats`: once, as runc's JSON, in ns and bytes)
+    Events {
+        #[arg(long)]
+        stats: bool,
+        id: String,
+    },
     /// Freeze every process of a container
     Pause { id: String },
     /// Thaw a paused container
@@ -228,6 +234,16 @@ fn dispatch(cli: &Cli) -> Result<u8> {
                 ..ExecOptions::default()
             };
             return exec(root, id, &opts, *detach);
+        }
+        Command::Events { stats, id } => {
+            if !stats {
+                bail!("only `events --stats` is supported: streaming events is not implemented");
+            }
+            let c = load(root, id)?;
+            let cgroup = c.cgroup()?;
+            let raw = c.stats()?;
+            let event = runtime::stats::normalize(id, &raw, cgroup.version());
+            println!("{}", serde_json::to_string(&event)?);
         }
         Command::Features => {
             println!(
