@@ -20,7 +20,7 @@ set -e
 if [ -x tests/v2-lane/run.sh ] && [ -z "${SKIP_V2_LANE:-}" ] && [ "$status" -eq 0 ]; then
     echo "== cgroup v2 lane (guest kernel)"
     set +e
-    tests/v2-lane/run.sh 2>&1 | tee -a "$log"
+    V2LANE_PROFILE=debug V2LANE_DAEMON_TESTS=1 tests/v2-lane/run.sh 2>&1 | tee -a "$log"
     lane=${PIPESTATUS[0]}
     set -e
     [ "$lane" -eq 0 ] || status=$lane

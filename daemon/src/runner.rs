@@ -458,13 +458,12 @@ pub(crate) mod tests {
         let exe = std::env::current_exe().unwrap();
         let out = std::process::Command::new(exe)
             .args(["--ignored", "--test-threads=1", "runner::tests::runtime_"])
-            .args(["--skip", "runtime_concurrent_starts_all_complete"])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "runtime tests failed:\n{text}");
-        assert!(text.contains("test result: ok. 5 passed"), "{text}");
+        assert!(text.contains("test result: ok. 6 passed"), "{text}");
     }
 
     /// A static busybox rootfs for tests (jobd itself uses the rootfs-builder default rootfs).
@@ -728,11 +727,11 @@ pub(crate) mod tests {
         );
     }
 
-    /// Known to hang until the runtime's child stops calling glibc's `setresgid`/`setresuid`
-    /// (it waits in `__nptl_setxid` for threads copied from the parent); run it by hand with
-    /// `cargo test -p daemon --lib -- --ignored runtime_concurrent`.
+    /// 24 starts at once from a multi-threaded daemon: the runtime's clone child used to hang
+    /// in glibc's `setresuid` (it waited for threads copied from the parent); it now makes
+    /// raw syscalls.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "hangs: runtime child calls glibc set*id after clone (see README)"]
+    #[ignore = "run by runtime_tests_in_their_own_process"]
     async fn runtime_concurrent_starts_all_complete() {
         let Some(h) = runtime_harness(|_| {}).await else {
             return;
