@@ -214,7 +214,9 @@ if [[ "${V2LANE_DAEMON_TESTS:-0}" == 1 ]]; then
     | grep '"reason":"compiler-artifact"' | grep '"name":"daemon"' | grep '"kind":\["lib"\]' | grep '"test":true' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)" || true
   [[ -n "$exe" && -x "$exe" ]] || die "could not build the daemon's test executable"
-  CARGO_TESTS+=" $exe:runner::tests::runtime_"
+  # The runtime-backed tests are #[ignore]d and run, all of them, by this one test in a
+  # fresh process of the test binary.
+  CARGO_TESTS+=" $exe:runner::tests::runtime_tests_in_their_own_process"
 fi
 if [[ -n "${CARGO_TESTS// /}" ]]; then
   [[ "$LANE_ONLY" == 1 ]] && die "V2LANE_LANE_ONLY=1 with cargo tests: they need job-init"
