@@ -239,6 +239,18 @@ impl Drop for Bundle {
     }
 }
 
+/// Removes the user namespace and its id maps from a spec: container root is host root then,
+/// which some tests need (mknod, writable cgroup mounts, attacks on a privileged container).
+pub fn without_user_namespace(spec: &mut Value) {
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "user");
+    }
+    if let Some(linux) = spec["linux"].as_object_mut() {
+        linux.remove("uidMappings");
+        linux.remove("gidMappings");
+    }
+}
+
 /// Every directory of cgroup `/job-runtime/ID` that exists, in any hierarchy.
 pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -429,12 +429,7 @@ fn force_delete_removes_cgroups_the_job_made_below_its_own() {
          mkdir $d/sub && sh -c 'echo $$ > '$d'/sub/cgroup.procs; exec sleep 100' & sleep 100",
     ]);
     b.edit(|s| {
-        s["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|n| n["type"] != "user");
-        s["linux"].as_object_mut().unwrap().remove("uidMappings");
-        s["linux"].as_object_mut().unwrap().remove("gidMappings");
+        tests::without_user_namespace(s);
         for m in s["mounts"].as_array_mut().unwrap() {
             if m["destination"] == "/sys/fs/cgroup" || m["destination"] == "/sys" {
                 m["options"] = json!(["nosuid", "noexec", "nodev", "rw"]);

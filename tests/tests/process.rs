@@ -166,10 +166,7 @@ fn spec_devices_are_created_with_their_mode_and_owner() {
         "/dev/myfifo",
     ]);
     b.edit(|s| {
-        let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
-        ns.retain(|n| n["type"] != "user");
-        s["linux"].as_object_mut().unwrap().remove("uidMappings");
-        s["linux"].as_object_mut().unwrap().remove("gidMappings");
+        tests::without_user_namespace(s);
         s["linux"]["devices"] = json!([
             { "path": "/dev/mydev", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640, "uid": 7, "gid": 8 },
             { "path": "/dev/myfifo", "type": "p", "major": 0, "minor": 0, "fileMode": 0o600 }
@@ -194,12 +191,7 @@ fn the_device_cgroup_denies_what_is_not_allowed() {
         "head -c 1 /dev/mem > /dev/null 2>&1 && echo READ-MEM; echo done",
     ]);
     b.edit(|s| {
-        s["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|n| n["type"] != "user");
-        s["linux"].as_object_mut().unwrap().remove("uidMappings");
-        s["linux"].as_object_mut().unwrap().remove("gidMappings");
+        tests::without_user_namespace(s);
         s["linux"]["devices"] =
             json!([{ "path": "/dev/mem", "type": "c", "major": 1, "minor": 1, "fileMode": 0o600 }]);
     });

@@ -90,12 +90,7 @@ fn job_init_cannot_be_overwritten_through_proc_exe() {
     // longer busy) reopens it for writing.
     let b = Bundle::new(&["sleep", "60"]);
     b.edit(|s| {
-        s["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|n| n["type"] != "user");
-        s["linux"].as_object_mut().unwrap().remove("uidMappings");
-        s["linux"].as_object_mut().unwrap().remove("gidMappings");
+        tests::without_user_namespace(s);
     });
     let id = unique_id("exe");
     assert!(b.create(&id).status.success());
