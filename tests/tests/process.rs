@@ -217,3 +217,35 @@ fn rootfs_propagation_is_applied() {
     b.edit(|s| s["linux"]["rootfsPropagation"] = json!("sideways"));
     run_fails(&b, &["rootfsPropagation", "sideways"]);
 }
+
+#[test]
+fn mount_propagation_options_are_applied() {
+    let b = Bundle::new(&["cat", "/proc/self/mountinfo"]);
+    let shared = b.dir.path().join("shared-src");
+    let private = b.dir.path().join("private-src");
+    fs::create_dir(&shared).unwrap();
+    fs::create_dir(&private).unwrap();
+    fs::create_dir(b.path().join("rootfs/tmp/s")).unwrap();
+    fs::create_dir(b.path().join("rootfs/tmp/p")).unwrap();
+    b.edit(|s| {
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({ "destination": "/tmp/s", "type": "bind",
+            "source": shared, "options": ["rbind", "ro", "rshared"] }));
+        mounts.push(json!({ "destination": "/tmp/p", "type": "bind",
+            "source": private, "options": ["rbind", "ro", "rprivate"] }));
+    });
+    let text = run_ok(&b);
+    let line = |dest: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(dest))
+            .unwrap_or_else(|| panic!("{dest} not mounted:\n{text}"))
+            .to_string()
+    };
+    assert!(line("/tmp/s").contains("shared:"), "{}", line("/tmp/s"));
+    let p = line("/tmp/p");
+    assert!(!p.contains("shared:") && !p.contains("master:"), "{p}");
+    assert!(
+        p.contains(" ro,") || p.contains(" ro "),
+        "ro not applied: {p}"
+    );
+}
