@@ -211,3 +211,33 @@ fn procfs_writes_and_sysfs_are_not_the_hosts() {
     assert_eq!(text.lines().last(), Some("0"), "{text}");
     b.assert_clean(&id);
 }
+
+#[test]
+fn seccomp_holds_without_no_new_privileges() {
+    // Without no_new_privs the filter must be installed while job-init still has
+    // CAP_SYS_ADMIN; it must be in force all the same.
+    let b = Bundle::new(&["/attack"]);
+    b.edit(|s| s["process"]["noNewPrivileges"] = json!(false));
+    let attacker = build_attacker(b.dir.path());
+    fs::copy(&attacker, b.path().join("rootfs/attack")).unwrap();
+    let id = unique_id("nnp");
+    let out = b.run(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = results(&stdout(&out));
+    for name in ["mount", "unshare_user", "keyctl", "bpf", "ptrace_attach"] {
+        assert_eq!(
+            r.get(name),
+            Some(&libc::EPERM),
+            "{name} was not refused: {r:?}"
+        );
+    }
+    assert_eq!(r.get("getpid"), Some(&0), "{r:?}");
+    b.assert_clean(&id);
+
+    let b = Bundle::new(&["grep", "NoNewPrivs", "/proc/self/status"]);
+    b.edit(|s| s["process"]["noNewPrivileges"] = json!(false));
+    let id = unique_id("nnp");
+    let out = b.run(&id);
+    assert!(stdout(&out).contains("NoNewPrivs:\t0"), "{}", stdout(&out));
+    b.assert_clean(&id);
+}
