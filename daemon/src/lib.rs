@@ -8,6 +8,7 @@ pub mod certs;
 pub mod config;
 pub mod db;
 pub mod executor;
+pub mod jobctl;
 pub mod manager;
 pub mod output;
 pub mod rootfs;

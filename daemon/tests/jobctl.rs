@@ -1,0 +1,300 @@
+//! The real `jobctl` binary against the real `jobd` (root only for the server tests): exit
+//! statuses, uploads, JSON listing, roles, and flag values refused before connecting.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn jobctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_jobctl"))
+}
+
+fn job_init() -> PathBuf {
+    let jobd = Path::new(env!("CARGO_BIN_EXE_jobd"));
+    let init = jobd.parent().unwrap().join("job-init");
+    if !init.is_file() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "job-init"])
+            .status()
+            .expect("run cargo build -p job-init");
+        assert!(st.success(), "cargo build -p job-init failed");
+    }
+    assert!(init.is_file(), "{} missing", init.display());
+    init
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Jobd {
+    child: Child,
+}
+
+impl Drop for Jobd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn spawn_jobd(dir: &Path, port: u16) -> Jobd {
+    let log = std::fs::File::create(dir.join("jobd.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
+        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("HOME", dir.join("home"))
+        .env("JOB_RUNTIME_INIT", job_init())
+        .env("JOBD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn jobd");
+    Jobd { child }
+}
+
+struct Env {
+    home: PathBuf,
+    server: String,
+}
+
+impl Env {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = jobctl();
+        c.env("HOME", &self.home)
+            .env("JOBCTL_SERVER", &self.server)
+            .env_remove("JOBCTL_TLS_DIR")
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run jobctl")
+    }
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn bad_flag_values_are_refused_before_connecting() {
+    // Port 1 on loopback: nothing listens, and nothing is reached anyway.
+    for (flag, value) in [
+        ("--memory", "128X"),
+        ("--memory", "-1"),
+        ("-m", "0"),
+        ("--memory", "1.5.0"),
+        ("--cpus", "0"),
+        ("--cpus", "1.5.0"),
+        ("--pids", "-1"),
+        ("--io-read-bps", "10Q"),
+        ("--timeout", "0"),
+    ] {
+        let o = jobctl()
+            .args(["--server", "127.0.0.1:1", "--tls-dir", "/nonexistent"])
+            .args(["run", &format!("{flag}={value}"), "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("expected"), "{flag} {value}: {err}");
+        assert!(
+            !err.contains("127.0.0.1:1") && !err.contains("nonexistent"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn no_server_is_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = jobctl()
+        .args(["--server", &format!("127.0.0.1:{}", free_port())])
+        .args(["--tls-dir", tmp.path().to_str().unwrap(), "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ca.pem"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn jobctl_against_real_jobd() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let dir = tmp.path();
+    let port = free_port();
+    let _jobd = spawn_jobd(dir, port);
+    let env = Env {
+        home: dir.join("home"),
+        server: format!("127.0.0.1:{port}"),
+    };
+    // Up: the zero-config identity is written and the rootfs built.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let o = env.run(&["list"]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobd did not come up: {}\nlog: {}",
+            show(&o),
+            std::fs::read_to_string(dir.join("jobd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Exit codes pass through; stdout and stderr stay apart.
+    let o = env.run(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert_eq!(o.stdout, b"out\n", "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("err\n"),
+        "{}",
+        show(&o)
+    );
+    let o = env.run(&["run", "--", "sh", "-c", "sleep 100 & kill -9 $!; wait $!"]);
+    assert_eq!(o.status.code(), Some(137), "{}", show(&o));
+    // Not found: 127 with the reason.
+    let o = env.run(&["run", "--", "surely-not-a-command"]);
+    assert_eq!(o.status.code(), Some(127), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not found"),
+        "{}",
+        show(&o)
+    );
+
+    // python3 x.py from a directory holding x.py: the file is uploaded and run.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join("x.py"),
+        "import sys\nprint('hello from x.py', sys.argv[1:])\n",
+    )
+    .unwrap();
+    let o = env
+        .cmd(&["run", "--memory", "128M", "--", "python3", "x.py", "a"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello from x.py ['a']\n"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("uploaded x.py"),
+        "{}",
+        show(&o)
+    );
+    // --no-upload: python cannot open it.
+    let o = env
+        .cmd(&["run", "--no-upload", "--", "python3", "x.py"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+
+    // A memory hog at 32M is OOM-killed: 137, and said so.
+    let o = env.run(&[
+        "run",
+        "--memory",
+        "32M",
+        "--",
+        "python3",
+        "-c",
+        "b = b'a' * (256 << 20)",
+    ]);
+    assert_eq!(o.status.code(), Some(137), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("OOM"),
+        "{}",
+        show(&o)
+    );
+
+    // -d prints the id; status, logs, stop and list work with a prefix of it.
+    let o = env.run(&["run", "-d", "--", "sh", "-c", "echo hi; sleep 100"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    let prefix = &id[..8];
+    let o = env.run(&["status", prefix, "-o", "json"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["id"], id.as_str());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = env.run(&["logs", prefix]);
+        if o.stdout == b"hi\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", show(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = env.run(&["list", "-o", "json"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v.as_array().unwrap().iter().any(|j| j["id"] == id.as_str()),
+        "{v}"
+    );
+
+    // A viewer may look but not run or stop, and is told why.
+    let viewer = dir.join("viewer");
+    let st = Command::new(env!("CARGO_BIN_EXE_jobd"))
+        .args(["certs", "issue", "--dir"])
+        .arg(dir.join("data/tls"))
+        .args(["--name", "vera", "--role", "viewer", "--out"])
+        .arg(&viewer)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let as_viewer = |args: &[&str]| {
+        env.cmd(args)
+            .env("JOBCTL_TLS_DIR", &viewer)
+            .output()
+            .unwrap()
+    };
+    let o = as_viewer(&["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("permission denied"),
+        "{}",
+        show(&o)
+    );
+    let o = as_viewer(&["stop", &id]);
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("permission denied"),
+        "{}",
+        show(&o)
+    );
+    assert!(as_viewer(&["status", &id]).status.success());
+
+    // The owner stops it.
+    let o = env.run(&["stop", prefix, "--timeout", "1s", "-o", "json"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "stopped", "{v}");
+}
