@@ -292,6 +292,86 @@ fn jobctl_against_real_jobd() {
     );
     assert!(as_viewer(&["status", &id]).status.success());
 
+    // TLS failures say what to check: another CA's server view, another CA's client.
+    let jobd_bin = env!("CARGO_BIN_EXE_jobd");
+    let other = dir.join("other");
+    assert!(Command::new(jobd_bin)
+        .args(["certs", "init", "--dir"])
+        .arg(&other)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new(jobd_bin)
+        .args(["certs", "issue", "--dir"])
+        .arg(&other)
+        .args(["--name", "mallory", "--role", "admin", "--out"])
+        .arg(dir.join("otherid"))
+        .status()
+        .unwrap()
+        .success());
+    let o = env
+        .cmd(&["list", "--ca"])
+        .arg(other.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not signed by the CA"),
+        "{}",
+        show(&o)
+    );
+    let o = env
+        .cmd(&["list", "--cert"])
+        .arg(dir.join("otherid/client.pem"))
+        .arg("--key")
+        .arg(dir.join("otherid/client.key"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("client certificate"),
+        "{}",
+        show(&o)
+    );
+
+    // Nothing listening there.
+    let o = env
+        .cmd(&["list", "--server", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is jobd running"),
+        "{}",
+        show(&o)
+    );
+
+    // logs -f from two clients at once: both see everything until the end.
+    let o = env.run(&[
+        "start",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo $i; sleep 0.3; done",
+    ]);
+    assert!(o.status.success(), "{}", show(&o));
+    let fid = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let a = env
+        .cmd(&["logs", "-f", &fid])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = env
+        .cmd(&["logs", "-f", &fid[..10]])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for c in [a, b] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        assert_eq!(o.stdout, b"1\n2\n3\n", "{}", show(&o));
+    }
+
     // The owner stops it.
     let o = env.run(&["stop", prefix, "--timeout", "1s", "-o", "json"]);
     assert!(o.status.success(), "{}", show(&o));

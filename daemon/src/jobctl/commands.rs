@@ -63,12 +63,22 @@ pub fn explain_status(s: &tonic::Status) -> String {
             "permission denied: {msg} (the role in your certificate's OU does not allow this: viewers cannot start or stop jobs, users only see their own jobs)"
         ),
         Code::Unauthenticated => format!("not authenticated: {msg} (check the client certificate)"),
-        Code::Unavailable => {
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+            if msg.contains("transport error") || msg.contains("operation was canceled") =>
+        {
             let raw = std::error::Error::source(s)
                 .map(connect::chain)
+                .map(|c| {
+                    if c.starts_with(msg) {
+                        c
+                    } else {
+                        format!("{msg}: {c}")
+                    }
+                })
                 .unwrap_or_else(|| msg.to_string());
-            format!("jobd is unavailable: {raw} (is it running? did it restart?)")
+            connect::explain_rpc(&raw)
         }
+        Code::Unavailable => format!("jobd is unavailable: {msg} (is it running? did it restart?)"),
         Code::InvalidArgument => format!("refused: {msg}"),
         Code::NotFound => format!("not found: {msg}"),
         Code::DeadlineExceeded => format!("timed out: {msg}"),

@@ -117,7 +117,10 @@ pub fn explain(server: &str, files: &TlsFiles, raw: &str) -> String {
     let l = raw.to_lowercase();
     let hint = if l.contains("connection refused") {
         format!("nothing is listening at {server}: is jobd running there? (start it with `jobd`, or pass --server)")
-    } else if l.contains("unknownissuer") || l.contains("unknown issuer") {
+    } else if l.contains("unknownissuer")
+        || l.contains("unknown issuer")
+        || l.contains("badsignature")
+    {
         format!(
             "the server's certificate is not signed by the CA in {}: wrong CA or wrong server?",
             files.ca.display()
@@ -152,6 +155,27 @@ pub fn explain(server: &str, files: &TlsFiles, raw: &str) -> String {
         )
     } else {
         format!("cannot reach jobd at {server}")
+    };
+    format!("{hint} ({raw})")
+}
+
+/// A transport error during a call (after the handshake): with TLS 1.3 the server's refusal of
+/// the client certificate arrives here.
+pub fn explain_rpc(raw: &str) -> String {
+    let l = raw.to_lowercase();
+    let hint = if l.contains("expired") {
+        "the server refused the client certificate: it has expired (issue a new one with `jobd certs issue`)"
+    } else if l.contains("certificate")
+        || l.contains("alert")
+        || l.contains("unknownca")
+        || l.contains("tls")
+        || l.contains("broken pipe")
+        || l.contains("reset")
+        || l == "transport error"
+    {
+        "the server closed the connection, most likely refusing the client certificate (signed by another CA, expired, not yet valid, or not a client certificate): check --tls-dir or --cert/--key"
+    } else {
+        "the connection to jobd failed (is it still running?)"
     };
     format!("{hint} ({raw})")
 }
