@@ -4,8 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use proto::job_service_client::JobServiceClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
 
 use super::cli::ConnArgs;
 
@@ -79,22 +85,77 @@ pub async fn connect(args: &ConnArgs) -> Result<JobServiceClient<Channel>, Conne
         }
         _ => return Err(ConnectError::Address(args.server.clone())),
     };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name(host);
-    let ep = Endpoint::from_shared(format!("https://{server}"))
+    let config = client_config(&files, ca, cert, key)?;
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| ConnectError::Address(args.server.clone()))?;
+    let connector = TlsConnector::from(config);
+    let target = server.to_string();
+    let ep = Endpoint::from_shared(format!("http://{server}"))
         .map_err(|_| ConnectError::Address(args.server.clone()))?
-        .connect_timeout(Duration::from_secs(10))
-        .tls_config(tls)
-        .map_err(|e| ConnectError::Connect(format!("tls configuration: {}", chain(&e))))?;
-    let ch = ep
-        .connect()
+        .connect_timeout(Duration::from_secs(10));
+    let svc = tower::service_fn(move |_: tonic::transport::Uri| {
+        let connector = connector.clone();
+        let name = name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = TcpStream::connect(&target).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let ch = tokio::time::timeout(Duration::from_secs(15), ep.connect_with_connector(svc))
         .await
+        .map_err(|_| ConnectError::Connect(explain(server, &files, "timed out")))?
         .map_err(|e| ConnectError::Connect(explain(server, &files, &chain(&e))))?;
     Ok(JobServiceClient::new(ch)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
+}
+
+/// The client's rustls configuration: TLS 1.3 only, jobd's two suites, the CA as the only root,
+/// the client certificate, ALPN h2.
+fn client_config(
+    files: &TlsFiles,
+    ca: String,
+    cert: String,
+    key: String,
+) -> Result<std::sync::Arc<ClientConfig>, ConnectError> {
+    let bad = |path: &Path, what: &str| {
+        ConnectError::Connect(format!("{}: {what} (expected PEM)", path.display()))
+    };
+    let mut roots = RootCertStore::empty();
+    let cas = CertificateDer::pem_slice_iter(ca.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&files.ca, &e.to_string()))?;
+    if cas.is_empty() {
+        return Err(bad(&files.ca, "no certificate"));
+    }
+    for c in cas {
+        roots.add(c).map_err(|e| bad(&files.ca, &e.to_string()))?;
+    }
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&files.cert, &e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(&files.cert, "no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| bad(&files.key, &e.to_string()))?;
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ConnectError::Connect(format!("tls configuration: {e}")))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| {
+            ConnectError::Connect(format!(
+                "client certificate {} and key {} do not fit together: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(std::sync::Arc::new(config))
 }
 
 /// The error and its sources, joined.
@@ -170,6 +231,8 @@ pub fn explain_rpc(raw: &str) -> String {
         || l.contains("unknownca")
         || l.contains("tls")
         || l.contains("broken pipe")
+        || l.contains("connection closed")
+        || l.contains("canceled")
         || l.contains("reset")
         || l == "transport error"
     {
