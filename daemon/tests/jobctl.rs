@@ -334,6 +334,32 @@ fn jobctl_against_real_jobd() {
         show(&o)
     );
 
+    // An expired client certificate.
+    let ca = daemon::certs::Ca::load(&dir.join("data/tls")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let old = ca
+        .issue_valid(
+            &daemon::certs::Purpose::Client {
+                name: "old".into(),
+                role: "admin".into(),
+            },
+            now - time::Duration::days(10),
+            now - time::Duration::days(1),
+        )
+        .unwrap();
+    daemon::certs::write_identity(&dir.join("expired"), &ca.cert_pem, &old).unwrap();
+    let o = env
+        .cmd(&["list"])
+        .env("JOBCTL_TLS_DIR", dir.join("expired"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("expired"),
+        "{}",
+        show(&o)
+    );
+
     // Nothing listening there.
     let o = env
         .cmd(&["list", "--server", &format!("127.0.0.1:{}", free_port())])

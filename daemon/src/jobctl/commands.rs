@@ -684,6 +684,7 @@ fn print_list(fmt: Format, jobs: &[Job]) -> Result<(), CommandError> {
             writeln!(out, "{}", serde_json::Value::Array(v))?;
         }
         Format::Table => {
+            let colour = use_colour();
             writeln!(
                 out,
                 "{:<12}  {:<8}  {:<12}  {:<19}  {:<10}  COMMAND",
@@ -696,9 +697,9 @@ fn print_list(fmt: Format, jobs: &[Job]) -> Result<(), CommandError> {
                 }
                 writeln!(
                     out,
-                    "{:<12}  {:<8}  {:<12}  {:<19}  {:<10}  {}",
+                    "{:<12}  {}  {:<12}  {:<19}  {:<10}  {}",
                     j.id.chars().take(12).collect::<String>(),
-                    state_name(j.state),
+                    paint(colour, j.state, &format!("{:<8}", state_name(j.state))),
                     j.owner,
                     fmt_time(j.created_at_ms),
                     o,
@@ -708,6 +709,26 @@ fn print_list(fmt: Format, jobs: &[Job]) -> Result<(), CommandError> {
         }
     }
     Ok(())
+}
+
+/// Colour only on a terminal, and not when `NO_COLOR` is set.
+fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn paint(colour: bool, state: i32, text: &str) -> String {
+    if !colour {
+        return text.to_string();
+    }
+    let code = match JobState::try_from(state) {
+        Ok(JobState::Running | JobState::Starting) => "32",
+        Ok(JobState::Exited) => "2",
+        Ok(JobState::Killed | JobState::Failed) => "31",
+        Ok(JobState::Stopped) => "33",
+        _ => return text.to_string(),
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
 }
 
 fn print_stats(fmt: Format, id: &str, s: &GetStatsResponse) -> Result<(), CommandError> {
