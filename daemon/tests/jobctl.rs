@@ -360,6 +360,42 @@ fn jobctl_against_real_jobd() {
         show(&o)
     );
 
+    // Ctrl-C stops the job: its TERM handler runs, jobctl reports the stop.
+    {
+        use std::io::Read;
+        let mut child = env
+            .cmd(&[
+                "run",
+                "--",
+                "sh",
+                "-c",
+                "trap 'echo term; exit 7' TERM; echo go; while :; do sleep 0.1; done",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut buf = [0u8; 3];
+        out.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"go\n");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let mut rest = Vec::new();
+        out.read_to_end(&mut rest).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(143), "{}", show(&o));
+        assert_eq!(rest, b"term\n", "{}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("stopping job") && err.contains("job stopped"),
+            "{err}"
+        );
+    }
+
     // Nothing listening there.
     let o = env
         .cmd(&["list", "--server", &format!("127.0.0.1:{}", free_port())])

@@ -396,6 +396,12 @@ async fn run(
     detach: bool,
 ) -> Result<i32, CommandError> {
     let spec = build_spec(&args)?;
+    // Registered before the start: a Ctrl-C from now on stops the job instead of killing jobctl.
+    let mut sigint = if detach {
+        None
+    } else {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok()
+    };
     let job = start(c, spec).await?;
     if detach {
         print_started(fmt, &job)?;
@@ -421,10 +427,7 @@ async fn run(
                 Some(chunk) => write_chunk(&chunk)?,
                 None => break,
             },
-            r = tokio::signal::ctrl_c() => {
-                if r.is_err() {
-                    continue;
-                }
+            Some(()) = async { match sigint.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
                 if stopping {
                     eprintln!("jobctl: detached; job {id} keeps running: reattach with `jobctl logs -f {id}`");
                     return Ok(130);
