@@ -260,6 +260,14 @@ fn jobctl_against_real_jobd() {
         "{v}"
     );
 
+    let o = env.run(&["stats", prefix]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("live:      true"),
+        "{}",
+        show(&o)
+    );
+
     // A viewer may look but not run or stop, and is told why.
     let viewer = dir.join("viewer");
     let st = Command::new(env!("CARGO_BIN_EXE_jobd"))
@@ -439,4 +447,17 @@ fn jobctl_against_real_jobd() {
     assert!(o.status.success(), "{}", show(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["state"], "stopped", "{v}");
+
+    // stats and watch of it, now final: json parses, watch ends at once.
+    let o = env.run(&["stats", prefix, "-o", "json"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["live"], false, "{v}");
+    let o = env.run(&["watch", prefix]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("stopped"),
+        "{}",
+        show(&o)
+    );
 }
