@@ -3,35 +3,16 @@
 //! the daemon followed by a restart on the same data directory.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, job_init};
 
 use proto::job_service_client::JobServiceClient;
 use proto::*;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-fn job_init() -> PathBuf {
-    let jobd = Path::new(env!("CARGO_BIN_EXE_jobd"));
-    let init = jobd.parent().unwrap().join("job-init");
-    if !init.is_file() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "job-init"])
-            .status()
-            .expect("run cargo build -p job-init");
-        assert!(st.success(), "cargo build -p job-init failed");
-    }
-    assert!(init.is_file(), "{} missing", init.display());
-    init
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Jobd {
     child: Child,

@@ -155,6 +155,27 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
+/// The connected console socket when the process wants a terminal.
+fn console_for(
+    terminal: bool,
+    socket: &Option<PathBuf>,
+) -> Result<Option<OwnedFd>, ContainerError> {
+    match (terminal, socket) {
+        (true, Some(path)) => Ok(Some(tty::connect_console(path)?)),
+        (true, None) => Err(ContainerError::Terminal(
+            "no --console-socket was given to receive it",
+        )),
+        (false, _) => Ok(None),
+    }
+}
+
+fn init_path_or_default(given: &Option<PathBuf>) -> Result<PathBuf, ContainerError> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => Ok(launch::default_init_path()?),
+    }
+}
+
 /// Compiled seccomp profiles live beside the containers, under a name no container ID can
 /// have (`@` is not in the ID alphabet), so `list` never mistakes it for one.
 fn seccomp_cache(root: &Path) -> PathBuf {
@@ -173,15 +194,7 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
     spec::validate_id(&opts.id)?;
     let loaded = spec::load(&opts.bundle)?;
     let process = loaded.spec.process().as_ref().expect("validated");
-    let console = match (process.terminal() == Some(true), &opts.console_socket) {
-        (true, Some(path)) => Some(tty::connect_console(path)?),
-        (true, None) => {
-            return Err(ContainerError::Terminal(
-                "no --console-socket was given to receive it",
-            ))
-        }
-        (false, _) => None,
-    };
+    let console = console_for(process.terminal() == Some(true), &opts.console_socket)?;
     let linux = loaded.spec.linux().as_ref().expect("validated");
     let cgroup_path = cgroups::resolve_path(
         linux.cgroups_path().as_deref(),
@@ -193,10 +206,7 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
     if linux.resources().is_some() {
         cgroup.prefetch_manager();
     }
-    let init_path = match &opts.init_path {
-        Some(p) => p.clone(),
-        None => launch::default_init_path()?,
-    };
+    let init_path = init_path_or_default(&opts.init_path)?;
 
     mkdir_mode(&opts.root, 0o711, true).map_err(io_err("create state root", &opts.root))?;
     let dir = opts.root.join(&opts.id);
@@ -445,24 +455,13 @@ impl Container {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        let console = match (terminal, &opts.console_socket) {
-            (true, Some(path)) => Some(tty::connect_console(path)?),
-            (true, None) => {
-                return Err(ContainerError::Terminal(
-                    "no --console-socket was given to receive it",
-                ))
-            }
-            (false, _) => None,
-        };
+        let console = console_for(terminal, &opts.console_socket)?;
         let loaded = spec::LoadedSpec {
             spec,
             bundle: self.state.bundle.clone(),
             rootfs: self.state.rootfs.clone(),
         };
-        let init_path = match &opts.init_path {
-            Some(p) => p.clone(),
-            None => launch::default_init_path()?,
-        };
+        let init_path = init_path_or_default(&opts.init_path)?;
         let cgroup = self.cgroup()?;
         let pid = launch::launch(&LaunchRequest {
             id: &self.state.id,
@@ -546,11 +545,11 @@ impl Container {
     /// Removes a stopped container: its cgroup and state directory. With `force` a created,
     /// running or paused one is killed first (everything in its cgroup).
     pub fn delete(mut self, force: bool) -> Result<(), ContainerError> {
+        let cgroup = self.cgroup()?;
         if self.state.status != Status::Stopped {
             if !force {
                 return Err(self.wrong_status("delete", "; stop it first or use --force"));
             }
-            let cgroup = self.cgroup()?;
             cgroup.signal_all(Signal::SIGKILL)?;
             let _ = kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
             wait_gone(
@@ -560,7 +559,7 @@ impl Container {
             );
             self.state.status = Status::Stopped;
         }
-        self.cgroup()?.destroy()?;
+        cgroup.destroy()?;
         if let Ok(spec) = self.frozen_spec() {
             let state_json = serde_json::to_string(&self.state.oci()).unwrap_or_default();
             hooks::run_warn(Stage::Poststop, spec.hooks().as_ref(), &state_json);
