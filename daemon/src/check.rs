@@ -194,12 +194,7 @@ fn listen(addr: SocketAddr) -> Check {
             true,
             format!("{addr} is in use (jobd already running?): stop it or pass --listen"),
         ),
-        Err(e) => Check::new(
-            name,
-            Status::Missing,
-            true,
-            format!("bind {addr}: {e}"),
-        ),
+        Err(e) => Check::new(name, Status::Missing, true, format!("bind {addr}: {e}")),
     }
 }
 

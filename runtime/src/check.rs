@@ -353,6 +353,8 @@ enum Layout {
     None,
 }
 
+// The magic's C type (`__fsword_t`) differs between architectures: the cast is not always a no-op.
+#[allow(clippy::unnecessary_cast)]
 fn fs_magic(path: &Path) -> Option<i64> {
     nix::sys::statfs::statfs(path)
         .ok()
@@ -406,7 +408,9 @@ fn cgroups(root: &Path) -> Vec<Check> {
             "cgroup",
             Status::Missing,
             true,
-            format!("{shown} is not a cgroup mount (neither cgroup2 nor a tmpfs of v1 hierarchies)"),
+            format!(
+                "{shown} is not a cgroup mount (neither cgroup2 nor a tmpfs of v1 hierarchies)"
+            ),
         )],
         Layout::Unified => cgroups_v2(root),
         Layout::Hybrid | Layout::Legacy => cgroups_v1(root, layout),
@@ -517,14 +521,21 @@ fn cgroups_v1(root: &Path, layout: Layout) -> Vec<Check> {
             "cgroup",
             Status::Missing,
             true,
-            format!("{kind} at {}, but no controller hierarchy is mounted there", root.display()),
+            format!(
+                "{kind} at {}, but no controller hierarchy is mounted there",
+                root.display()
+            ),
         )
     } else {
         Check::new(
             "cgroup",
             Status::Ok,
             true,
-            format!("{kind} at {}; mounted: {}", root.display(), mounted.join(" ")),
+            format!(
+                "{kind} at {}; mounted: {}",
+                root.display(),
+                mounted.join(" ")
+            ),
         )
     };
     let mut out = vec![head];
@@ -593,10 +604,15 @@ fn seccomp() -> Check {
         len: 1,
         filter: allow.as_mut_ptr(),
     };
-    let steps = ["prctl(PR_SET_NO_NEW_PRIVS)", "seccomp(SECCOMP_SET_MODE_FILTER)"];
+    let steps = [
+        "prctl(PR_SET_NO_NEW_PRIVS)",
+        "seccomp(SECCOMP_SET_MODE_FILTER)",
+    ];
     let outcome = in_child(&steps, || {
         // SAFETY: prctl with integer arguments.
-        sys(0, unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+        sys(0, unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        })?;
         // SAFETY: `prog` points at a valid one-instruction filter that outlives the call.
         let rc = unsafe {
             libc::syscall(
@@ -608,8 +624,8 @@ fn seccomp() -> Check {
         };
         sys(1, rc as libc::c_int)
     });
-    let actions = read_trimmed("/proc/sys/kernel/seccomp/actions_avail")
-        .unwrap_or_else(|| "unknown".into());
+    let actions =
+        read_trimmed("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_else(|| "unknown".into());
     match outcome {
         Ok(()) => Check::new(
             name,
@@ -731,13 +747,8 @@ fn overlayfs() -> Check {
         Ok(d) => d,
         Err(e) => return Check::new(name, Status::Warn, false, e),
     };
-    let (root, lower, upper, work, merged) = (
-        dir.c(""),
-        dir.c("l"),
-        dir.c("u"),
-        dir.c("w"),
-        dir.c("m"),
-    );
+    let (root, lower, upper, work, merged) =
+        (dir.c(""), dir.c("l"), dir.c("u"), dir.c("w"), dir.c("m"));
     let options = CString::new(format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.to_string_lossy(),
@@ -832,11 +843,7 @@ fn id_ranges(name: &str, path: &Path) -> Check {
             let [owner, first, count] = f[..] else {
                 return None;
             };
-            Some((
-                owner.to_string(),
-                first.parse().ok()?,
-                count.parse().ok()?,
-            ))
+            Some((owner.to_string(), first.parse().ok()?, count.parse().ok()?))
         })
         .collect();
     let is_root = |o: &str| o == "root" || o == "0";

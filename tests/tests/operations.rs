@@ -76,14 +76,14 @@ fn runtime_check_reports_this_hosts_kernel_cgroups_and_namespaces() {
     let uname = text(&run(Command::new("uname").arg("-r")).stdout);
     let kernel = line(&report, "kernel");
     assert!(
-        kernel["detail"]
-            .as_str()
-            .unwrap()
-            .contains(uname.trim()),
+        kernel["detail"].as_str().unwrap().contains(uname.trim()),
         "{kernel} vs uname -r {uname}"
     );
     // The cgroup line says what /sys/fs/cgroup really is.
-    let cgroup = line(&report, "cgroup")["detail"].as_str().unwrap().to_string();
+    let cgroup = line(&report, "cgroup")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         assert!(cgroup.starts_with("v2"), "{cgroup}");
         assert_eq!(line(&report, "cgroup io")["required"], false);
@@ -227,7 +227,9 @@ fn jobd_check_adds_data_dir_binaries_tls_and_listen() {
 fn jobctl_completions_name_the_subcommands() {
     let jobctl = bin_dir().join("jobctl");
     let bash = text(&run(Command::new(&jobctl).args(["completions", "bash"])).stdout);
-    for sub in ["run", "start", "stop", "status", "list", "logs", "stats", "watch"] {
+    for sub in [
+        "run", "start", "stop", "status", "list", "logs", "stats", "watch",
+    ] {
         assert!(
             bash.contains(&format!("jobctl,{sub})")),
             "bash completion lacks {sub}"
@@ -313,7 +315,8 @@ fn dir_with_file(name: &str, content: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn which(prog: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
 
 /// `Key=Value` lines of a unit file, with their section.
@@ -328,7 +331,9 @@ fn unit_entries(text: &str) -> Vec<(String, String, String)> {
             section = l[1..l.len() - 1].to_string();
             continue;
         }
-        let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("bad unit line {l:?}"));
+        let (k, v) = l
+            .split_once('=')
+            .unwrap_or_else(|| panic!("bad unit line {l:?}"));
         out.push((section.clone(), k.to_string(), v.to_string()));
     }
     out
@@ -346,7 +351,10 @@ fn unit_value(entries: &[(String, String, String)], section: &str, key: &str) ->
 fn systemd_unit_keeps_jobs_alive_across_restarts_and_delegates_cgroups() {
     let text = fs::read_to_string(repo().join("daemon/systemd/jobd.service")).unwrap();
     let e = unit_entries(&text);
-    assert_eq!(unit_value(&e, "Service", "ExecStart"), "/usr/local/bin/jobd");
+    assert_eq!(
+        unit_value(&e, "Service", "ExecStart"),
+        "/usr/local/bin/jobd"
+    );
     assert_eq!(unit_value(&e, "Service", "Type"), "exec");
     assert_eq!(unit_value(&e, "Service", "KillMode"), "process");
     assert_eq!(unit_value(&e, "Service", "Delegate"), "yes");
@@ -410,7 +418,13 @@ fn install_puts_binaries_completions_man_pages_and_unit_in_place() {
         text(&out.stderr)
     );
     let root = dest.path().join("opt/jobworker");
-    for b in ["job-runtime", "job-init", "jobd", "jobctl", "rootfs-builder"] {
+    for b in [
+        "job-runtime",
+        "job-init",
+        "jobd",
+        "jobctl",
+        "rootfs-builder",
+    ] {
         let p = root.join("bin").join(b);
         let mode = fs::metadata(&p)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -420,7 +434,10 @@ fn install_puts_binaries_completions_man_pages_and_unit_in_place() {
     }
     let version = run(Command::new(root.join("bin/job-runtime")).arg("--version"));
     assert!(version.status.success());
-    assert!(text(&version.stdout).starts_with("job-runtime "), "{version:?}");
+    assert!(
+        text(&version.stdout).starts_with("job-runtime "),
+        "{version:?}"
+    );
     for b in ["jobctl", "jobd", "job-runtime"] {
         for f in [
             format!("share/bash-completion/completions/{b}"),
@@ -497,7 +514,10 @@ fn install_refuses_missing_binaries_and_bad_arguments() {
     let out = install(dest.path(), "/usr/local", empty.path());
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("job-runtime") && err.contains("is missing"), "{err}");
+    assert!(
+        err.contains("job-runtime") && err.contains("is missing"),
+        "{err}"
+    );
     assert!(tree(dest.path()).is_empty(), "left {:?}", tree(dest.path()));
     let out = install(dest.path(), "relative", &bin_dir());
     assert_eq!(out.status.code(), Some(1));

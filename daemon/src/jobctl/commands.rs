@@ -200,7 +200,9 @@ fn without_server(cmd: &Cmd) -> Result<Option<i32>, CommandError> {
             runtime::cli_assets::write_completions(Cli::command(), args.shell, &mut out)?;
         }
         Cmd::Man(args) => {
-            for page in runtime::cli_assets::write_man(Cli::command(), args.dir.as_deref(), &mut out)? {
+            for page in
+                runtime::cli_assets::write_man(Cli::command(), args.dir.as_deref(), &mut out)?
+            {
                 writeln!(out, "{}", page.display())?;
             }
         }
