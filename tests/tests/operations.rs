@@ -171,6 +171,35 @@ fn runtime_check_fails_when_the_cgroup_root_is_empty() {
 }
 
 #[test]
+fn runtime_check_as_an_unprivileged_user_names_what_is_missing() {
+    tests::require_root();
+    if !which("setpriv") {
+        eprintln!("setpriv (util-linux) is not installed: unprivileged check not run");
+        return;
+    }
+    // A copy nobody can reach (the build directory may sit under a 0700 home).
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("job-runtime");
+    fs::copy(bin_dir().join("job-runtime"), &exe).unwrap();
+    let out = run(Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&exe)
+        .args(["check", "--format", "json"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let p = line(&report, "privileges");
+    assert_eq!(p["status"], "missing", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("euid 65534"), "{p}");
+    // Without privileges, only a user namespace may come first: unsharing a mount namespace
+    // alone is refused by the kernel.
+    let mnt = line(&report, "namespace mount");
+    assert_eq!(mnt["status"], "missing", "{mnt}");
+    assert!(mnt["detail"].as_str().unwrap().contains("EPERM"), "{mnt}");
+}
+
+#[test]
 fn jobd_check_adds_data_dir_binaries_tls_and_listen() {
     tests::require_root();
     let data = tempfile::tempdir().unwrap();
