@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod certs;
+pub mod check;
 pub mod config;
 pub mod db;
 pub mod executor;

@@ -6,6 +6,8 @@
 //! the container's filesystem with [`mounts`], sets [`process`] identity and limits, and execs.
 
 pub mod cgroups;
+pub mod check;
+pub mod cli_assets;
 pub mod container;
 pub mod features;
 pub mod handshake;

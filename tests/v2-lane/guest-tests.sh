@@ -459,6 +459,20 @@ t_rt_cgroup_view() {
 }
 
 # After all runtime tests (each deletes what it made): nothing may be left.
+# `job-runtime check` reads the real hierarchy: in the guest it must say v2 and find every
+# controller jobs need (the host side of this test runs on v1 hybrid).
+t_rt_check() {
+  have_rt
+  out=$($RT check 2>&1); rc=$?
+  echo "$out" | grep -qE "^ok +required  cgroup +v2 \(unified\)" || no "cgroup line does not say v2: $(echo "$out" | grep ' cgroup ')"
+  for c in cpu memory pids; do
+    echo "$out" | grep -qE "^ok +required  cgroup $c " || no "cgroup $c: $(echo "$out" | grep "cgroup $c ")"
+  done
+  echo "$out" | grep -qE " cgroup (cpuacct|freezer|devices) " && no "v1 controllers listed on v2: $out"
+  [ $rc = 0 ] || no "check exited $rc: $(echo "$out" | grep -v '^ok' | tr '\n' ' ')"
+  log "$(echo "$out" | grep -E ' cgroup |^result' | tr '\n' ' ' | cut -c1-400)"
+}
+
 t_rt_nothing_left() {
   have_rt
   cgs=$(find $CG -mindepth 1 -type d | grep -v "^$LANE_CG\$" | grep -v "^$CG/job-runtime\$" | sed "s|^$CG||" | tr '\n' ' ')
@@ -532,7 +546,7 @@ say "v2lane guest: $(uname -r), controllers: $(cat $CG/cgroup.controllers)"
 for t in lane_cgroup2_mounted lane_memory_max_oom lane_pids_max lane_cgroup_kill lane_cpu_max lane_io_device lane_overlay \
          rt_enables_controllers rt_smoke rt_memory_oom rt_memory_swap rt_pids_max rt_cpu_max rt_io_max \
          rt_delete_removes_cgroup rt_kill_all rt_delete_force_nested rt_no_internal_procs \
-         rt_default_spec rt_cgroup_view rt_stats rt_nothing_left; do
+         rt_default_spec rt_cgroup_view rt_stats rt_check rt_nothing_left; do
   run_test $t
 done
 

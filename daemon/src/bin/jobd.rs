@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use daemon::config::Config;
 use daemon::{certs, manager, rootfs, runner, server};
 
@@ -21,7 +21,7 @@ struct Cli {
     command: Option<Cmd>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ServeArgs {
     /// Listen address [default: 127.0.0.1:50051].
     #[arg(long, env = "JOBD_LISTEN")]
@@ -42,6 +42,28 @@ enum Cmd {
     /// Certificate management.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Check this host and configuration: one line per feature; exits 1 when a required one
+    /// is missing.
+    Check {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// text for people, json for scripts.
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
+    },
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions(runtime::cli_assets::CompletionsArgs),
+    /// Print the man page (roff), or write every page into --dir.
+    #[command(hide = true)]
+    Man(runtime::cli_assets::ManArgs),
+}
+
+/// Output of `check`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -104,11 +126,46 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        None => serve(cli.serve),
+        Some(Cmd::Check { serve, format }) => {
+            let code = check(&config(serve)?, format)?;
+            std::process::exit(code);
+        }
+        Some(Cmd::Completions(args)) => Ok(runtime::cli_assets::write_completions(
+            Cli::command(),
+            args.shell,
+            &mut std::io::stdout(),
+        )?),
+        Some(Cmd::Man(args)) => {
+            let pages = runtime::cli_assets::write_man(
+                Cli::command(),
+                args.dir.as_deref(),
+                &mut std::io::stdout(),
+            )?;
+            for p in pages {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        None => serve(config(cli.serve)?),
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Prints the check; the exit code is 1 when something required is missing.
+fn check(cfg: &Config, format: CheckFormat) -> anyhow::Result<i32> {
+    let exe = std::env::current_exe().context("locate the jobd executable")?;
+    let report = daemon::check::jobd(cfg, &exe);
+    match format {
+        CheckFormat::Json => println!("{:#}", report.to_json()),
+        CheckFormat::Text => {
+            use std::io::IsTerminal;
+            print!("{}", report.to_text(std::io::stdout().is_terminal()));
+        }
+    }
+    Ok(i32::from(!report.passed()))
+}
+
+/// Defaults, then the configuration file, then flags and environment.
+fn config(args: ServeArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -123,6 +180,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.tls_dir = Some(t);
     }
     cfg.validate()?;
+    Ok(cfg)
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
     // Orphaned descendants of jobs come to jobd, not to PID 1.
     // SAFETY: prctl with integer arguments only.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

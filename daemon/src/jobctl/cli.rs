@@ -113,6 +113,12 @@ pub enum Cmd {
         /// Job id (or a unique prefix).
         id: String,
     },
+    /// Print a shell completion script (needs no server).
+    #[command(hide = true)]
+    Completions(runtime::cli_assets::CompletionsArgs),
+    /// Print the man page (roff), or write every page into --dir (needs no server).
+    #[command(hide = true)]
+    Man(runtime::cli_assets::ManArgs),
 }
 
 /// Job states as flag values.

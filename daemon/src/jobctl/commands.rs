@@ -49,6 +49,8 @@ pub enum CommandError {
     Output(#[from] std::io::Error),
     #[error("the server answered without a job record")]
     NoJob,
+    #[error(transparent)]
+    CliAsset(#[from] runtime::cli_assets::CliAssetError),
 }
 
 fn rpc(what: &'static str) -> impl FnOnce(tonic::Status) -> CommandError {
@@ -88,6 +90,9 @@ pub fn explain_status(s: &tonic::Status) -> String {
 
 /// Runs the parsed command line; returns the exit status.
 pub async fn execute(cli: Cli) -> Result<i32, CommandError> {
+    if let Some(code) = without_server(&cli.cmd)? {
+        return Ok(code);
+    }
     let mut c = connect::connect(&cli.conn).await?;
     let fmt = cli.output;
     match cli.cmd {
@@ -182,7 +187,28 @@ pub async fn execute(cli: Cli) -> Result<i32, CommandError> {
             }
             Ok(0)
         }
+        Cmd::Completions(_) | Cmd::Man(_) => unreachable!("handled by without_server"),
     }
+}
+
+/// The commands that generate files from the command line itself: no connection needed.
+fn without_server(cmd: &Cmd) -> Result<Option<i32>, CommandError> {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout();
+    match cmd {
+        Cmd::Completions(args) => {
+            runtime::cli_assets::write_completions(Cli::command(), args.shell, &mut out)?;
+        }
+        Cmd::Man(args) => {
+            for page in
+                runtime::cli_assets::write_man(Cli::command(), args.dir.as_deref(), &mut out)?
+            {
+                writeln!(out, "{}", page.display())?;
+            }
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(0))
 }
 
 async fn start(c: &mut JobServiceClient<Channel>, spec: JobSpec) -> Result<Job, CommandError> {

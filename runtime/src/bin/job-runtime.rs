@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -159,6 +159,25 @@ enum Command {
     Pause { id: String },
     /// Thaw a paused container
     Resume { id: String },
+    /// Check what this host supports: one line per feature; exits 1 when a required one is missing
+    Check {
+        /// text for people, json for scripts
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(hide = true)]
+    Completions(runtime::cli_assets::CompletionsArgs),
+    /// Print the man page (roff), or write every page into --dir
+    #[command(hide = true)]
+    Man(runtime::cli_assets::ManArgs),
+}
+
+/// Output of `check`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -253,8 +272,37 @@ fn dispatch(cli: &Cli) -> Result<u8> {
         }
         Command::Pause { id } => load(root, id)?.pause()?,
         Command::Resume { id } => load(root, id)?.resume()?,
+        Command::Check { format } => return Ok(check(*format)),
+        Command::Completions(args) => runtime::cli_assets::write_completions(
+            Cli::command(),
+            args.shell,
+            &mut std::io::stdout(),
+        )?,
+        Command::Man(args) => {
+            let pages = runtime::cli_assets::write_man(
+                Cli::command(),
+                args.dir.as_deref(),
+                &mut std::io::stdout(),
+            )?;
+            for p in pages {
+                println!("{}", p.display());
+            }
+        }
     }
     Ok(0)
+}
+
+/// Prints the host check; 1 when a required feature is missing.
+fn check(format: CheckFormat) -> u8 {
+    let report = runtime::check::host();
+    match format {
+        CheckFormat::Json => println!("{:#}", report.to_json()),
+        CheckFormat::Text => {
+            use std::io::IsTerminal;
+            print!("{}", report.to_text(std::io::stdout().is_terminal()));
+        }
+    }
+    u8::from(!report.passed())
 }
 
 fn load(root: &Path, id: &str) -> Result<Container> {
