@@ -15,6 +15,11 @@ use crate::tls::{self, ServerTlsFiles};
 /// The host check and jobd's own lines, for `cfg` and the jobd binary at `jobd_exe`.
 pub fn jobd(cfg: &Config, jobd_exe: &Path) -> Report {
     let mut report = runtime::check::host();
+    // Every job's writable layer is an overlay over the shared rootfs: optional for the
+    // runtime, required for jobd.
+    for c in report.checks.iter_mut().filter(|c| c.name == "overlayfs") {
+        c.required = true;
+    }
     let bin_dir = jobd_exe.parent().unwrap_or(Path::new("."));
     report.push(data_dir(&cfg.data_dir));
     report.push(job_init(cfg.job_init.as_deref(), bin_dir));

@@ -800,7 +800,7 @@ fn overlayfs() -> Check {
             name,
             Status::Missing,
             false,
-            format!("{e}; {listed_note} (not needed today: jobs share a read-only rootfs)"),
+            format!("{e}; {listed_note} (job-runtime does not need it; jobd's per-job writable layers do)"),
         ),
     }
 }

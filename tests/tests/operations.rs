@@ -228,8 +228,10 @@ fn jobd_check_adds_data_dir_binaries_tls_and_listen() {
     assert_eq!(line(&report, "listen")["status"], "ok");
     assert_eq!(line(&report, "jobd-shim")["required"], false);
     assert_eq!(line(&report, "python3")["required"], false);
-    // The runtime's lines are there too.
+    // The runtime's lines are there too; overlayfs is required for jobd's writable layers.
     line(&report, "namespace user");
+    assert_eq!(line(&report, "overlayfs")["required"], true);
+    assert_eq!(line(&report, "overlayfs")["status"], "ok");
 
     // A taken port, a data dir that is a file: both required, both reported, exit 1.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
