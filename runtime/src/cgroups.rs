@@ -19,9 +19,7 @@ use libcgroups::common::{
     CgroupSetup, ControllerOpt, FreezerState,
 };
 use libcgroups::stats::Stats;
-use libcgroups::systemd::manager::{
-    Manager as SystemdManager, PROCESS_IN_CGROUP_TIMEOUT_DURATION,
-};
+use libcgroups::systemd::manager::{Manager as SystemdManager, PROCESS_IN_CGROUP_TIMEOUT_DURATION};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
@@ -159,10 +157,14 @@ impl SystemdScope {
             invalid("the slice must be a systemd slice name: a-b.slice (non-empty parts joined by -) or -.slice")
         })?;
         if prefix.is_empty() {
-            return Err(invalid("the scope prefix (slice:PREFIX:name) must not be empty"));
+            return Err(invalid(
+                "the scope prefix (slice:PREFIX:name) must not be empty",
+            ));
         }
         if name.is_empty() {
-            return Err(invalid("the scope name (slice:prefix:NAME) must not be empty"));
+            return Err(invalid(
+                "the scope name (slice:prefix:NAME) must not be empty",
+            ));
         }
         if name.ends_with(".slice") {
             return Err(invalid(
@@ -189,7 +191,10 @@ impl SystemdScope {
             path: path.display().to_string(),
             reason: "the state's systemd cgroup path is not /<slices>/<prefix>-<name>.scope",
         };
-        let unit = path.file_name().and_then(|n| n.to_str()).ok_or_else(invalid)?;
+        let unit = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(invalid)?;
         let stem = unit.strip_suffix(".scope").ok_or_else(invalid)?;
         let (prefix, name) = stem.split_once('-').ok_or_else(invalid)?;
         let slice = match path.parent() {
@@ -262,8 +267,7 @@ fn expand_slice(slice: &str) -> Option<PathBuf> {
 fn is_unit_name_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() < 200
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
