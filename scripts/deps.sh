@@ -11,7 +11,7 @@ minimal=(gcc libc6-dev python3 busybox-static openssl ca-certificates procps uti
 # The tests and benchmarks: the peers (runc, crun, podman, containerd), hyperfine, umoci for OCI
 # images, qemu and friends for the cgroup v2 lane.
 full=(runc crun hyperfine umoci qemu-system-x86 cpio xz-utils zstd kmod iproute2
-      podman conmon containerd tar systemd man-db)
+      podman conmon containerd tar systemd man-db debootstrap e2fsprogs)
 
 packages=("${minimal[@]}")
 [ "${1:-}" = "--minimal" ] || packages+=("${full[@]}")

@@ -25,7 +25,15 @@ if [ -x tests/v2-lane/run.sh ] && [ -z "${SKIP_V2_LANE:-}" ] && [ "$status" -eq 
     set -e
     [ "$lane" -eq 0 ] || status=$lane
 fi
-# One closing line for everything: cargo's per-binary lines and the v2 lane's result line.
+if [ -x tests/v2-lane/run.sh ] && [ -z "${SKIP_V2_LANE:-}" ] && [ -z "${SKIP_SYSTEMD_LANE:-}" ] && [ "$status" -eq 0 ]; then
+    echo "== systemd lane (guest kernel, systemd as PID 1: job-runtime --systemd-cgroup)"
+    set +e
+    V2LANE_PROFILE=debug tests/v2-lane/run.sh --systemd 2>&1 | tee -a "$log"
+    lane=${PIPESTATUS[0]}
+    set -e
+    [ "$lane" -eq 0 ] || status=$lane
+fi
+# One closing line for everything: cargo's per-binary lines and the lanes' result lines.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      /^V2LANE RESULT:/ { p += $3; f += $5 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

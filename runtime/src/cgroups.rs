@@ -1,6 +1,11 @@
 //! The container's cgroup, through libcgroups (v1 and v2, detected), plus what libcgroups does
 //! not do: refusing cgroups the runtime did not create, killing everything inside, and the
 //! mount plan job-init uses for `/sys/fs/cgroup`.
+//!
+//! With the systemd driver (`--systemd-cgroup`) the cgroup is a transient scope unit that
+//! systemd creates (libcgroups' systemd manager, over D-Bus): `slice:prefix:name` becomes
+//! `prefix-name.scope` in `slice`, with `Delegate=yes`. Limits are set as unit properties and
+//! also written to the scope's cgroupfs files (what systemd cannot express still holds).
 
 use std::fs;
 use std::os::fd::OwnedFd;
@@ -14,6 +19,7 @@ use libcgroups::common::{
     CgroupSetup, ControllerOpt, FreezerState,
 };
 use libcgroups::stats::Stats;
+use libcgroups::systemd::manager::{Manager as SystemdManager, PROCESS_IN_CGROUP_TIMEOUT_DURATION};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
@@ -37,6 +43,17 @@ pub enum CgroupError {
     InvalidPath { path: String, reason: &'static str },
     #[error("systemd cgroup driver requested (--systemd-cgroup) but systemd is not running on this host (no /run/systemd/system); drop the flag to use cgroupfs")]
     NoSystemd,
+    #[error("systemd cgroup driver requested (--systemd-cgroup) but this host runs cgroup v1 (hybrid or legacy); job-runtime drives systemd only on a pure cgroup v2 host: drop the flag to use cgroupfs")]
+    SystemdNeedsV2,
+    #[error("systemd unit {unit}: {message}")]
+    Systemd { unit: String, message: String },
+    #[error("systemd put pid {pid} in cgroup {found}, expected {expected} for unit {unit}")]
+    SystemdPlacement {
+        pid: i32,
+        unit: String,
+        expected: PathBuf,
+        found: String,
+    },
     #[error("add pid {pid} to cgroup {path}: {message}")]
     AddTask {
         pid: i32,
@@ -70,8 +87,8 @@ pub fn host_version() -> Result<Version, CgroupError> {
 /// Turns the spec's `cgroupsPath` into the path the container's cgroup will have.
 ///
 /// Absolute paths are used as given; relative ones, and the default (the container ID), go
-/// under [`RUNTIME_PARENT`]. With the systemd driver, `slice:prefix:name` is accepted and
-/// mapped to the path systemd would give it (`/slice/prefix-name.scope`).
+/// under [`RUNTIME_PARENT`]. With the systemd driver the path is `slice:prefix:name` (see
+/// [`SystemdScope`]) and the result is where systemd puts that scope.
 pub fn resolve_path(
     spec_path: Option<&Path>,
     id: &str,
@@ -87,7 +104,7 @@ pub fn resolve_path(
         }
     }
     if systemd {
-        return systemd_path(raw.as_deref(), id);
+        return Ok(SystemdScope::parse(raw.as_deref(), id)?.cgroup_path());
     }
     Ok(match raw {
         Some(p) if p.starts_with('/') => PathBuf::from(p),
@@ -96,44 +113,162 @@ pub fn resolve_path(
     })
 }
 
-fn systemd_path(raw: Option<&str>, id: &str) -> Result<PathBuf, CgroupError> {
-    let raw = raw.unwrap_or("");
-    let parts: Vec<&str> = raw.split(':').collect();
-    let (slice, prefix, name) = match parts.as_slice() {
-        [""] => ("system.slice", "job-runtime", id),
-        [slice, prefix, name] => (*slice, *prefix, *name),
-        _ => {
-            return Err(CgroupError::InvalidPath {
-                path: raw.to_string(),
-                reason: "with --systemd-cgroup it must be slice:prefix:name",
-            })
+/// Slice for a `cgroupsPath` whose slice part is empty, as runc does for root.
+pub const SYSTEMD_DEFAULT_SLICE: &str = "system.slice";
+/// Scope prefix when the spec has no `cgroupsPath` at all: `system.slice:job-runtime:<id>`.
+pub const SYSTEMD_DEFAULT_PREFIX: &str = "job-runtime";
+
+/// A systemd driver `cgroupsPath`, `slice:prefix:name`: the transient scope unit
+/// `prefix-name.scope` in the slice `slice` (podman: `machine.slice:libpod:<id>`, kubelet:
+/// `kubepods-burstable-pod<uid>.slice:cri-containerd:<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdScope {
+    slice: String,
+    prefix: String,
+    name: String,
+}
+
+impl SystemdScope {
+    /// Parses the spec's `cgroupsPath`; empty or absent means `system.slice:job-runtime:<id>`.
+    pub fn parse(raw: Option<&str>, id: &str) -> Result<SystemdScope, CgroupError> {
+        let raw = raw.unwrap_or("");
+        let invalid = |reason| CgroupError::InvalidPath {
+            path: raw.to_string(),
+            reason,
+        };
+        if raw.is_empty() {
+            return Ok(SystemdScope {
+                slice: SYSTEMD_DEFAULT_SLICE.into(),
+                prefix: SYSTEMD_DEFAULT_PREFIX.into(),
+                name: id.into(),
+            });
         }
-    };
-    let slice = if slice.is_empty() {
-        "system.slice"
-    } else {
-        slice
-    };
-    // Nested slices (a-b.slice) live in a-b.slice under a.slice, as systemd lays them out.
+        let [slice, prefix, name] = raw.split(':').collect::<Vec<_>>()[..] else {
+            return Err(invalid(
+                "with --systemd-cgroup it must be slice:prefix:name (e.g. system.slice:jobworker:<id>)",
+            ));
+        };
+        let slice = if slice.is_empty() {
+            SYSTEMD_DEFAULT_SLICE
+        } else {
+            slice
+        };
+        expand_slice(slice).ok_or_else(|| {
+            invalid("the slice must be a systemd slice name: a-b.slice (non-empty parts joined by -) or -.slice")
+        })?;
+        if prefix.is_empty() {
+            return Err(invalid(
+                "the scope prefix (slice:PREFIX:name) must not be empty",
+            ));
+        }
+        if name.is_empty() {
+            return Err(invalid(
+                "the scope name (slice:prefix:NAME) must not be empty",
+            ));
+        }
+        if name.ends_with(".slice") {
+            return Err(invalid(
+                "a name ending in .slice asks for a slice unit, which job-runtime does not create: give a scope name",
+            ));
+        }
+        if !is_unit_name_part(prefix) || !is_unit_name_part(name) {
+            return Err(invalid(
+                "prefix and name may hold only letters, digits and _ . - (systemd unit name characters)",
+            ));
+        }
+        Ok(SystemdScope {
+            slice: slice.into(),
+            prefix: prefix.into(),
+            name: name.into(),
+        })
+    }
+
+    /// The scope back from the cgroup path [`SystemdScope::cgroup_path`] made (for commands
+    /// after `create`, which have only the state's path). The prefix/name split may differ
+    /// from the original where the prefix holds a `-`; the unit is the same.
+    pub fn from_cgroup_path(path: &Path) -> Result<SystemdScope, CgroupError> {
+        let invalid = || CgroupError::InvalidPath {
+            path: path.display().to_string(),
+            reason: "the state's systemd cgroup path is not /<slices>/<prefix>-<name>.scope",
+        };
+        let unit = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(invalid)?;
+        let stem = unit.strip_suffix(".scope").ok_or_else(invalid)?;
+        let (prefix, name) = stem.split_once('-').ok_or_else(invalid)?;
+        let slice = match path.parent() {
+            Some(p) if p == Path::new("/") => "-.slice".to_string(),
+            Some(p) => p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(invalid)?
+                .to_string(),
+            None => return Err(invalid()),
+        };
+        let scope = SystemdScope {
+            slice,
+            prefix: prefix.into(),
+            name: name.into(),
+        };
+        if scope.cgroup_path() != path {
+            return Err(invalid());
+        }
+        Ok(scope)
+    }
+
+    /// The unit systemd creates: `prefix-name.scope`.
+    pub fn unit(&self) -> String {
+        format!("{}-{}.scope", self.prefix, self.name)
+    }
+
+    pub fn slice(&self) -> &str {
+        &self.slice
+    }
+
+    /// Where systemd puts the scope: slices nest by their dashes (`a-b.slice` lives in
+    /// `a.slice`), `-.slice` is the root.
+    pub fn cgroup_path(&self) -> PathBuf {
+        expand_slice(&self.slice)
+            .expect("validated when parsed")
+            .join(self.unit())
+    }
+
+    /// The form libcgroups' systemd manager takes.
+    fn manager_path(&self) -> PathBuf {
+        PathBuf::from(format!("{}:{}:{}", self.slice, self.prefix, self.name))
+    }
+}
+
+/// `a-b.slice` -> `/a.slice/a-b.slice`; `-.slice` -> `/`; `None` for what is not a slice name.
+fn expand_slice(slice: &str) -> Option<PathBuf> {
+    let stem = slice.strip_suffix(".slice")?;
+    if stem == "-" {
+        return Some(PathBuf::from("/"));
+    }
+    if stem.is_empty() || !is_unit_name_part(stem) {
+        return None;
+    }
     let mut path = PathBuf::from("/");
-    let stem = slice.trim_end_matches(".slice");
     let mut acc = String::new();
-    for (i, part) in stem.split('-').enumerate() {
-        if i > 0 {
+    for part in stem.split('-') {
+        if part.is_empty() {
+            return None;
+        }
+        if !acc.is_empty() {
             acc.push('-');
         }
         acc.push_str(part);
         path.push(format!("{acc}.slice"));
     }
-    let unit = if name.ends_with(".slice") {
-        name.to_string()
-    } else if prefix.is_empty() {
-        format!("{name}.scope")
-    } else {
-        format!("{prefix}-{name}.scope")
-    };
-    path.push(unit);
-    Ok(path)
+    Some(path)
+}
+
+fn is_unit_name_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() < 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// How the clone child enters its cgroup by itself, so the parent never migrates it.
@@ -147,6 +282,17 @@ pub enum Join {
     V1Tasks(Vec<OwnedFd>),
     /// v2: the cgroup directory, for `CLONE_INTO_CGROUP`.
     V2Dir(OwnedFd),
+    /// systemd driver: the scope does not exist until systemd makes it around a pid, so the
+    /// parent asks systemd to start it with the child's pid ([`Cgroup::add_task`]) while the
+    /// child waits for the go byte: nothing of the job runs before it is inside.
+    ByParent,
+}
+
+/// libcgroups' managers for one cgroup: cgroupfs always (limits, freezer, stats), systemd
+/// with `--systemd-cgroup` (the scope unit and its properties).
+struct Managers {
+    fs: AnyCgroupManager,
+    systemd: Option<SystemdManager>,
 }
 
 /// One container cgroup, possibly not created yet.
@@ -156,20 +302,28 @@ pub struct Cgroup {
     id: String,
     /// The cgroup's directory in each hierarchy: (hierarchy name, directory). One on v2.
     dirs: Vec<(String, PathBuf)>,
-    /// libcgroups' manager, made on first use: on v1 it reads mountinfo once per controller.
-    manager: OnceLock<AnyCgroupManager>,
-    /// A manager being made on another thread (see [`Cgroup::prefetch_manager`]).
-    pending:
-        std::sync::Mutex<Option<std::thread::JoinHandle<Result<AnyCgroupManager, CgroupError>>>>,
+    /// The systemd scope, with `--systemd-cgroup`.
+    scope: Option<SystemdScope>,
+    /// libcgroups' managers, made on first use: on v1 it reads mountinfo once per controller,
+    /// with systemd it connects to D-Bus.
+    manager: OnceLock<Managers>,
+    /// Managers being made on another thread (see [`Cgroup::prefetch_manager`]).
+    pending: std::sync::Mutex<Option<std::thread::JoinHandle<Result<Managers, CgroupError>>>>,
 }
 
 impl Cgroup {
     /// A handle for `path` (from [`resolve_path`]); nothing is created until [`Cgroup::create`].
     pub fn open(path: &Path, systemd: bool, id: &str) -> Result<Cgroup, CgroupError> {
-        if systemd && !Path::new("/run/systemd/system").exists() {
+        if systemd && !libcgroups::systemd::booted() {
             return Err(CgroupError::NoSystemd);
         }
         let version = host_version()?;
+        // libcgroups drives systemd on the unified hierarchy only.
+        let scope = match (systemd, version) {
+            (false, _) => None,
+            (true, Version::V1) => return Err(CgroupError::SystemdNeedsV2),
+            (true, Version::V2) => Some(SystemdScope::from_cgroup_path(path)?),
+        };
         let rel = path.strip_prefix("/").unwrap_or(path);
         let dirs = match version {
             Version::V2 => vec![(String::new(), Path::new(CGROUP_ROOT).join(rel))],
@@ -183,6 +337,7 @@ impl Cgroup {
             version,
             id: id.to_string(),
             dirs,
+            scope,
             manager: OnceLock::new(),
             pending: std::sync::Mutex::new(None),
         })
@@ -193,13 +348,14 @@ impl Cgroup {
     pub fn prefetch_manager(&self) {
         let path = self.path.clone();
         let id = self.id.clone();
-        let handle = std::thread::spawn(move || new_manager(&path, &id));
+        let scope = self.scope.clone();
+        let handle = std::thread::spawn(move || new_managers(&path, &id, scope.as_ref()));
         if let Ok(mut pending) = self.pending.lock() {
             *pending = Some(handle);
         }
     }
 
-    fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
+    fn managers(&self) -> Result<&Managers, CgroupError> {
         if let Some(m) = self.manager.get() {
             return Ok(m);
         }
@@ -209,9 +365,28 @@ impl Cgroup {
                 path: self.path.clone(),
                 message: "the thread making the cgroup manager panicked".into(),
             })??,
-            None => new_manager(&self.path, &self.id)?,
+            None => new_managers(&self.path, &self.id, self.scope.as_ref())?,
         };
         Ok(self.manager.get_or_init(|| m))
+    }
+
+    /// The cgroupfs manager (with systemd: the one for the scope's own directory).
+    fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
+        Ok(&self.managers()?.fs)
+    }
+
+    /// The systemd manager and the unit name, with `--systemd-cgroup`.
+    fn systemd(&self) -> Result<Option<(&SystemdManager, String)>, CgroupError> {
+        let Some(scope) = &self.scope else {
+            return Ok(None);
+        };
+        let managers = self.managers()?;
+        Ok(managers.systemd.as_ref().map(|m| (m, scope.unit())))
+    }
+
+    /// The systemd scope, with `--systemd-cgroup`.
+    pub fn systemd_scope(&self) -> Option<&SystemdScope> {
+        self.scope.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -262,6 +437,15 @@ impl Cgroup {
 
     /// Creates the cgroup's directories and opens what the child needs to join it.
     pub fn create(&self) -> Result<Join, CgroupError> {
+        if self.scope.is_some() {
+            // A new scope is made by systemd around the child; an existing one (exec) is
+            // joined through its directory, which Delegate=yes hands to us.
+            let dir = self.dir("");
+            if !dir.exists() {
+                return Ok(Join::ByParent);
+            }
+            return self.open_v2_dir(&dir);
+        }
         match self.version {
             Version::V1 => {
                 let mut tasks = Vec::with_capacity(self.dirs.len());
@@ -282,14 +466,18 @@ impl Cgroup {
             }
             Version::V2 => {
                 let dir = self.create_v2_dirs()?;
-                let f = fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-                    .open(&dir)
-                    .map_err(|e| self.io_error("open", &dir, e))?;
-                Ok(Join::V2Dir(OwnedFd::from(f)))
+                self.open_v2_dir(&dir)
             }
         }
+    }
+
+    fn open_v2_dir(&self, dir: &Path) -> Result<Join, CgroupError> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(|e| self.io_error("open", dir, e))?;
+        Ok(Join::V2Dir(OwnedFd::from(f)))
     }
 
     /// A new v1 cpuset cgroup starts with no cpus or mems and refuses tasks: copy the parent's.
@@ -342,8 +530,20 @@ impl Cgroup {
         Ok(current)
     }
 
-    /// Moves `pid` in through libcgroups: the slow path, for when the child could not join.
+    /// Moves `pid` in through libcgroups: the slow path, for when the child could not join,
+    /// and the systemd path ([`Join::ByParent`]): systemd starts the scope unit with `pid` in
+    /// it (StartTransientUnit, `PIDs=[pid]`, `Delegate=yes`) and libcgroups waits until the
+    /// pid shows in the scope's `cgroup.procs`.
     pub fn add_task(&self, pid: i32) -> Result<(), CgroupError> {
+        if let Some((systemd, unit)) = self.systemd()? {
+            systemd
+                .add_task(Pid::from_raw(pid))
+                .map_err(|e| CgroupError::Systemd {
+                    unit: unit.clone(),
+                    message: format!("start the scope with pid {pid}: {e}"),
+                })?;
+            return self.check_placed(pid, &unit);
+        }
         self.manager()?
             .add_task(Pid::from_raw(pid))
             .map_err(|e| CgroupError::AddTask {
@@ -353,15 +553,48 @@ impl Cgroup {
             })
     }
 
-    /// Writes the requested limits (libcgroups); the directories must exist.
+    /// Our path is computed, not asked from systemd: prove systemd put the pid there, so
+    /// every later cgroupfs operation works on the scope systemd made (a systemd whose own
+    /// cgroup root is not `/` would place it elsewhere).
+    fn check_placed(&self, pid: i32, unit: &str) -> Result<(), CgroupError> {
+        let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
+        let text = fs::read_to_string(&file).map_err(|e| self.io_error("read", &file, e))?;
+        let found = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("")
+            .to_string();
+        if Path::new(&found) != self.path {
+            return Err(CgroupError::SystemdPlacement {
+                pid,
+                unit: unit.to_string(),
+                expected: self.path.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the requested limits (libcgroups); the directories must exist. With systemd
+    /// they are set as unit properties first (so a `daemon-reload` keeps them), then written
+    /// to the scope's cgroupfs files as on any v2 host, which covers what systemd has no
+    /// property for (hugetlb, rdma, unified keys it does not know); a limit the kernel
+    /// refuses fails naming its file.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        let opts = ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        if let Some((systemd, unit)) = self.systemd()? {
+            systemd.apply(&opts).map_err(|e| CgroupError::Systemd {
+                unit,
+                message: format!("set resource properties: {e}"),
+            })?;
+        }
         self.manager()?
-            .apply(&ControllerOpt {
-                resources,
-                disable_oom_killer: false,
-                oom_score_adj: None,
-                freezer_state: None,
-            })
+            .apply(&opts)
             .map_err(|e| CgroupError::Apply {
                 path: self.path.clone(),
                 message: e.to_string(),
@@ -453,20 +686,46 @@ impl Cgroup {
         result
     }
 
-    /// Kills everything inside and removes the cgroup directories.
+    /// Kills everything inside and removes the cgroup directories; with systemd, stops the
+    /// scope unit (only it: the slices above belong to systemd).
     pub fn destroy(&self) -> Result<(), CgroupError> {
-        if !self.dirs.iter().any(|(_, d)| d.exists()) {
-            return Ok(());
-        }
-        self.signal_all(Signal::SIGKILL)?;
-        self.wait_empty(Duration::from_secs(5));
-        for (_, dir) in &self.dirs {
-            // Sub-cgroups the job made go first: a cgroup with children cannot be removed.
-            for d in subtree(dir) {
-                self.remove_dir(&d)?;
+        if self.dirs.iter().any(|(_, d)| d.exists()) {
+            self.signal_all(Signal::SIGKILL)?;
+            self.wait_empty(Duration::from_secs(5));
+            for (_, dir) in &self.dirs {
+                // Sub-cgroups the job made go first: a cgroup with children cannot be removed.
+                for d in subtree(dir) {
+                    if self.scope.is_some() && d == *dir {
+                        continue; // the scope's own directory is systemd's to remove
+                    }
+                    self.remove_dir(&d)?;
+                }
             }
         }
+        if self.scope.is_some() {
+            self.stop_scope()?;
+        }
         Ok(())
+    }
+
+    /// Stops the (now empty) scope unit and waits, bounded, for systemd to remove its cgroup;
+    /// a directory systemd left is removed here.
+    fn stop_scope(&self) -> Result<(), CgroupError> {
+        let Some((systemd, unit)) = self.systemd()? else {
+            return Ok(());
+        };
+        systemd.remove().map_err(|e| CgroupError::Systemd {
+            unit: unit.clone(),
+            message: format!("stop: {e}"),
+        })?;
+        let dir = self.dir("");
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(500);
+        while dir.exists() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        self.remove_dir(&dir)
     }
 
     /// rmdir, retried while the kernel still counts exiting tasks (EBUSY).
@@ -526,17 +785,39 @@ impl Cgroup {
     }
 }
 
-fn new_manager(path: &Path, id: &str) -> Result<AnyCgroupManager, CgroupError> {
-    create_cgroup_manager(CgroupConfig {
+fn new_managers(
+    path: &Path,
+    id: &str,
+    scope: Option<&SystemdScope>,
+) -> Result<Managers, CgroupError> {
+    let fs = create_cgroup_manager(CgroupConfig {
         cgroup_path: path.to_path_buf(),
-        // A systemd path was already translated to its cgroupfs form.
+        // The cgroupfs manager for the path; with systemd, the scope's directory.
         systemd_cgroup: false,
         container_name: id.to_string(),
     })
     .map_err(|e| CgroupError::Manager {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })
+    })?;
+    let systemd = match scope {
+        None => None,
+        Some(scope) => Some(
+            SystemdManager::new(
+                PathBuf::from(CGROUP_ROOT),
+                scope.manager_path(),
+                id.to_string(),
+                // The system instance: job-runtime runs as root.
+                true,
+                PROCESS_IN_CGROUP_TIMEOUT_DURATION,
+            )
+            .map_err(|e| CgroupError::Systemd {
+                unit: scope.unit(),
+                message: format!("connect to systemd over D-Bus: {e}"),
+            })?,
+        ),
+    };
+    Ok(Managers { fs, systemd })
 }
 
 /// `dir` and every cgroup below it, deepest first (the order removal needs).
@@ -621,5 +902,69 @@ mod tests {
             PathBuf::from("/machine.slice/machine-libpod.slice/libpod-abc.scope")
         );
         assert!(resolve_path(Some(Path::new("bad")), "abc", true).is_err());
+    }
+
+    fn systemd_path(raw: &str) -> Result<PathBuf, CgroupError> {
+        resolve_path(Some(Path::new(raw)), "id1", true)
+    }
+
+    #[test]
+    fn systemd_paths_follow_systemd_layout() {
+        let cases = [
+            ("system.slice:jobworker:abc", "/system.slice/jobworker-abc.scope"),
+            (":jobworker:abc", "/system.slice/jobworker-abc.scope"),
+            ("-.slice:jobworker:abc", "/jobworker-abc.scope"),
+            (
+                "kubepods-burstable-pod1.slice:cri-containerd:abc",
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-abc.scope",
+            ),
+            ("", "/system.slice/job-runtime-id1.scope"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(systemd_path(raw).unwrap(), PathBuf::from(want), "{raw}");
+        }
+        assert_eq!(
+            resolve_path(None, "id1", true).unwrap(),
+            PathBuf::from("/system.slice/job-runtime-id1.scope")
+        );
+    }
+
+    #[test]
+    fn malformed_systemd_paths_are_refused_with_the_reason() {
+        let cases = [
+            ("a:b", "slice:prefix:name"),
+            ("a:b:c:d", "slice:prefix:name"),
+            ("x.slice:p:", "name"),
+            ("x.slice::n", "prefix"),
+            ("system:p:n", "slice name"),
+            ("a--b.slice:p:n", "slice name"),
+            ("-a.slice:p:n", "slice name"),
+            (".slice:p:n", "slice name"),
+            ("a/b.slice:p:n", "slice name"),
+            ("system.slice:p:n.slice", "slice unit"),
+            ("system.slice:p/q:n", "unit name characters"),
+            ("system.slice:p:n@1", "unit name characters"),
+        ];
+        for (raw, want) in cases {
+            let err = systemd_path(raw).unwrap_err().to_string();
+            assert!(err.contains(want), "{raw}: {err}");
+            assert!(err.contains(&format!("{raw:?}")), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn systemd_scope_comes_back_from_its_cgroup_path() {
+        for raw in [
+            "system.slice:jobworker:abc",
+            "-.slice:a:b",
+            "machine-libpod.slice:cri-containerd:x-y",
+        ] {
+            let scope = SystemdScope::parse(Some(raw), "id").unwrap();
+            let back = SystemdScope::from_cgroup_path(&scope.cgroup_path()).unwrap();
+            assert_eq!(back.unit(), scope.unit(), "{raw}");
+            assert_eq!(back.cgroup_path(), scope.cgroup_path(), "{raw}");
+            assert_eq!(back.slice(), scope.slice(), "{raw}");
+        }
+        assert!(SystemdScope::from_cgroup_path(Path::new("/job-runtime/abc")).is_err());
     }
 }

@@ -203,7 +203,8 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
     )?;
     let cgroup = Cgroup::open(&cgroup_path, opts.systemd_cgroup, &opts.id)?;
     cgroup.ensure_new()?;
-    if linux.resources().is_some() {
+    // With systemd the manager (a D-Bus connection) is needed to start the scope at all.
+    if linux.resources().is_some() || opts.systemd_cgroup {
         cgroup.prefetch_manager();
     }
     let init_path = init_path_or_default(&opts.init_path)?;
@@ -339,7 +340,7 @@ impl Container {
     pub fn cgroup(&self) -> Result<Cgroup, ContainerError> {
         Ok(Cgroup::open(
             &self.state.cgroup_path,
-            false,
+            self.state.systemd_cgroup,
             &self.state.id,
         )?)
     }

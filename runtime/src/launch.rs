@@ -135,7 +135,9 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
     let (tasks, into_cgroup): (Vec<RawFd>, Option<RawFd>) = match &join {
         Join::V1Tasks(fds) => (fds.iter().map(|f| f.as_raw_fd()).collect(), None),
         Join::V2Dir(fd) => (Vec::new(), Some(fd.as_raw_fd())),
+        Join::ByParent => (Vec::new(), None),
     };
+    let parent_joins = matches!(join, Join::ByParent);
     let pid = {
         let _pid_ns = match &plan.join_pid {
             Some(fd) => Some(PidNsGuard::enter(fd)?),
@@ -150,7 +152,7 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
     drop(passed);
     drop(joins);
 
-    let result = parent_handshake(req, &plan, pid, &mut channel, seccomp);
+    let result = parent_handshake(req, &plan, pid, parent_joins, &mut channel, seccomp);
     if result.is_err() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = waitpid(Pid::from_raw(pid), None);
@@ -162,6 +164,7 @@ fn parent_handshake(
     req: &LaunchRequest,
     plan: &namespaces::NamespacePlan,
     pid: i32,
+    parent_joins: bool,
     channel: &mut Channel,
     seccomp: Option<Vec<u8>>,
 ) -> Result<(), LaunchError> {
@@ -179,8 +182,12 @@ fn parent_handshake(
             linux.gid_mappings().as_deref().unwrap_or_default(),
         )?;
     }
-    // The child joined its cgroup itself (see `cgroups::Join`) and now waits for the go
-    // byte: its limits are in force before it even execs job-init.
+    // The child joined its cgroup itself (see `cgroups::Join`), or systemd has just put it
+    // in its new scope, and it waits for the go byte: it is in its cgroup, with its limits
+    // in force, before it even execs job-init.
+    if parent_joins {
+        req.cgroup.add_task(pid)?;
+    }
     if let Some(resources) = linux.resources() {
         req.cgroup.apply(resources)?;
     }

@@ -313,6 +313,40 @@ fn systemd_cgroup_driver_without_systemd_is_a_clear_error() {
         stderr(&out)
     );
     b.assert_clean(&id);
+
+    // A podman-style slice:prefix:name path: refused the same way, and no scope directory
+    // appears in any hierarchy (the runtime must not fall back to making it itself).
+    let id = unique_id("systemd");
+    b.edit(|s| s["linux"]["cgroupsPath"] = json!(format!("system.slice:jobworker:{id}")));
+    let out = b.runtime(&[
+        "--systemd-cgroup",
+        "run",
+        "-b",
+        bundle.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("systemd is not running"),
+        "{}",
+        stderr(&out)
+    );
+    b.assert_clean(&id);
+    let scope = format!("system.slice/jobworker-{id}.scope");
+    let mut hierarchies = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    hierarchies.extend(
+        fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    for h in hierarchies {
+        assert!(
+            !h.join(&scope).exists(),
+            "{} made",
+            h.join(&scope).display()
+        );
+    }
 }
 
 #[test]

@@ -4,6 +4,10 @@
 # tests/v2-lane/guest-tests.sh in the guest against the built job-runtime.
 #
 # Usage: tests/v2-lane/run.sh            (from anywhere)
+#        tests/v2-lane/run.sh --systemd  systemd lane: the same kernel boots a minimal Debian
+#                                        bookworm root (debootstrap, cached as an ext4 image)
+#                                        with systemd as PID 1 and runs systemd-tests.sh
+#                                        (job-runtime --systemd-cgroup) from a unit
 # Env:
 #   V2LANE_PROFILE     release (default) or debug: default bin dir and daemon test build
 #   V2LANE_BIN_DIR     dir holding job-runtime + job-init (default: ${CARGO_TARGET_DIR:-<repo>/target}/$V2LANE_PROFILE)
@@ -21,6 +25,12 @@
 # "V2LANE RESULT: N passed, 0 failed" line with N > 0, and powered off in time.
 set -euo pipefail
 
+MODE=v2
+case "${1:-}" in
+  --systemd) MODE=systemd ;;
+  "") ;;
+  *) echo "v2-lane: unknown argument $1 (only --systemd)" >&2; exit 2 ;;
+esac
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${V2LANE_CACHE:-/var/cache/jobworker-v2lane}"
@@ -31,10 +41,15 @@ TIMEOUT="${V2LANE_TIMEOUT:-600}"
 ACCEL="${V2LANE_ACCEL:-tcg}"   # kvm works on a host whose /dev/kvm boots stock kernels (not this one)
 LANE_ONLY="${V2LANE_LANE_ONLY:-0}"
 # Bump when the set of modules or the initramfs recipe changes (invalidates the cache).
-RECIPE=4
-MODULES_WANTED=(9p 9pnet_virtio virtio_pci virtio_blk overlay)
+RECIPE=6
+MODULES_WANTED=(9p 9pnet_virtio virtio_pci virtio_blk overlay ext4 crc32c_generic)  # ext4, crc32c: the systemd lane root
+# systemd lane root: bump SD_RECIPE when the root's recipe (prepare_systemd_root) changes.
+SD_SUITE=bookworm
+SD_PACKAGES=systemd,systemd-sysv,dbus
+SD_RECIPE=2
 
-log() { printf 'v2-lane: %s\n' "$*" >&2; }
+LOG_TAG=v2-lane; [[ $MODE == systemd ]] && LOG_TAG=systemd-lane
+log() { printf '%s: %s\n' "$LOG_TAG" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 
 T0=$(date +%s)
@@ -58,6 +73,10 @@ for b in /bin/busybox /usr/bin/busybox; do
   if [[ -x $b ]] && ! ldd "$b" >/dev/null 2>&1; then BUSYBOX=$b; break; fi  # static only
 done
 [[ -n $BUSYBOX ]] || need_pkgs+=(busybox-static)
+if [[ $MODE == systemd ]]; then
+  command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
+  command -v mke2fs >/dev/null || need_pkgs+=(e2fsprogs)
+fi
 apt_updated=0
 apt_update_once() { [[ $apt_updated == 1 ]] || { log "apt-get update"; apt-get update -qq >&2; apt_updated=1; }; }
 if ((${#need_pkgs[@]})); then
@@ -123,11 +142,62 @@ prepare_kernel() {
   printf '%s\n' "${order[@]}" >"$stage/modules/order"
   rm -rf "$KDIR"; mv "$stage" "$KDIR"
   rm -rf "$tmp"
-  # drop older kernels/recipes from the cache
-  find "$CACHE" -mindepth 1 -maxdepth 1 -name 'linux-image-*' ! -path "$KDIR" -exec rm -rf {} + 2>/dev/null || true
+  # drop other kernel versions from the cache (other recipes of this one stay: branches with
+  # another module list may share the cache on one machine)
+  find "$CACHE" -mindepth 1 -maxdepth 1 -name 'linux-image-*' ! -name "${KPKG}_${KVER_DEB}_r*" -exec rm -rf {} + 2>/dev/null || true
   log "kernel cached in $KDIR (modules: ${order[*]})"
 }
 [[ -f "$KDIR/vmlinuz" && -f "$KDIR/modules/order" ]] || prepare_kernel
+
+# ---------------------------------------------------------------- systemd root (--systemd)
+# A minimal Debian with systemd and dbus, trimmed, with a unit that runs the guest tests once
+# the system is up and powers off when they end; packed into an ext4 image (mke2fs -d) that
+# the guest mounts as / through a qemu snapshot, so the cached image is never written.
+prepare_systemd_root() {
+  local out="$1" stage="$CACHE/.sdroot.$$" mirror
+  mirror="$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' 2>/dev/null | grep -m1 '/debian/$' || true)"
+  mirror="${mirror:-http://deb.debian.org/debian/}"
+  mkdir -p "$CACHE"; rm -rf "$stage"
+  log "debootstrap --variant=minbase --include=$SD_PACKAGES $SD_SUITE ($mirror)"
+  debootstrap --variant=minbase --include="$SD_PACKAGES" "$SD_SUITE" "$stage" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
+    || { tail -20 "$WORK/debootstrap.log" >&2; rm -rf "$stage"; die "debootstrap failed"; }
+  rm -rf "$stage"/var/cache/apt/* "$stage"/var/lib/apt/lists/* "$stage"/usr/share/{doc,man,info,locale}/*
+  echo sdlane >"$stage/etc/hostname"
+  : >"$stage/etc/machine-id"
+  local sys="$stage/etc/systemd/system"
+  # Nothing on the console but the tests: no login prompts, no apt timers.
+  for u in serial-getty@.service getty@.service getty.target apt-daily.timer apt-daily-upgrade.timer \
+           systemd-logind.service; do
+    ln -sf /dev/null "$sys/$u"
+  done
+  cat >"$sys/jobworker-lane.service" <<'EOF'
+[Unit]
+Description=jobworker systemd lane: job-runtime --systemd-cgroup tests
+After=basic.target dbus.socket
+Wants=dbus.socket
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /host/systemd-tests.sh
+StandardInput=null
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/console
+TimeoutStartSec=infinity
+EOF
+  mkdir -p "$sys/multi-user.target.wants"
+  ln -sf ../jobworker-lane.service "$sys/multi-user.target.wants/jobworker-lane.service"
+  # Room for the binaries the guest copies in (debug builds: ~150 MiB); the file is sparse.
+  local size_mb=$(( $(du -sm "$stage" | cut -f1) + 768 ))
+  mke2fs -q -t ext4 -L sdroot -d "$stage" -F "$out.tmp" "${size_mb}M" >/dev/null || { rm -rf "$stage" "$out.tmp"; die "mke2fs -d failed"; }
+  mv "$out.tmp" "$out"
+  rm -rf "$stage"
+  # drop roots of older recipes or package lists
+  find "$CACHE" -mindepth 1 -maxdepth 1 -name 'systemd-root_*' ! -path "$out" -exec rm -f {} + 2>/dev/null || true
+  log "systemd root cached in $out (${size_mb} MiB)"
+}
 
 # ---------------------------------------------------------------- initramfs
 # Stage 1 (/init) copies the initramfs into a tmpfs and switch_roots to it, so
@@ -174,6 +244,25 @@ sync
 umount /host 2>/dev/null
 poweroff -f
 EOF
+  if [[ $MODE == systemd ]]; then
+    # The Debian root on /dev/vda (ext4, written to a throwaway snapshot), the share at
+    # /host, the binaries copied in, then systemd as PID 1.
+    cat >"$ir/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /lib/v2lane/order); do insmod /lib/v2lane/$m.ko || echo "sdlane-init: insmod $m failed"; done
+mount -t ext4 /dev/vda /newroot || { echo "sdlane-init: cannot mount /dev/vda"; poweroff -f; }
+mkdir -p /newroot/host
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host /newroot/host || { echo "sdlane-init: cannot mount 9p share"; poweroff -f; }
+# Only the binaries: the Debian root has the same glibc (and a merged /usr the libs would clash with).
+cp -a /newroot/host/sysroot/usr/local/. /newroot/usr/local/
+umount /proc /sys /dev
+exec switch_root /newroot /lib/systemd/systemd
+EOF
+  fi
   chmod 755 "$ir/init" "$ir/init2"
   (cd "$ir" && find . | "$BUSYBOX" cpio -o -H newc 2>/dev/null | gzip -1) >"$out"
 }
@@ -184,6 +273,7 @@ build_initramfs "$INITRD"
 SHARE="$WORK/share"
 mkdir -p "$SHARE/sysroot/usr/local/bin"
 cp "$HERE/guest-tests.sh" "$SHARE/guest-tests.sh"
+[[ $MODE == systemd ]] && cp "$HERE/systemd-tests.sh" "$SHARE/systemd-tests.sh"
 : >"$SHARE/results.txt"
 copy_with_libs() {  # copy binary $1 to sysroot/usr/local/bin with its ldd closure at the same paths
   local bin="$1" lib
@@ -233,8 +323,20 @@ if [[ -n "${CARGO_TESTS// /}" ]]; then
   done
 fi
 [[ -n "${V2LANE_ONLY:-}" ]] && printf '%s\n' "$V2LANE_ONLY" >"$SHARE/only"
-truncate -s 64M "$WORK/disk.img"    # /dev/vda: io.max target
-truncate -s 192M "$WORK/swap.img"   # /dev/vdb: swap for the swap-limit test
+if [[ $MODE == systemd ]]; then
+  [[ -n "${CARGO_TESTS// /}" ]] && die "--systemd runs systemd-tests.sh only (no cargo tests)"
+  [[ "$LANE_ONLY" == 1 ]] && die "--systemd needs job-runtime (no V2LANE_LANE_ONLY)"
+  SDROOT="$CACHE/systemd-root_${SD_SUITE}_${SD_PACKAGES//,/+}_r${SD_RECIPE}.ext4"
+  [[ -f "$SDROOT" ]] || prepare_systemd_root "$SDROOT"
+  cp "$BUSYBOX" "$SHARE/sysroot/usr/local/bin/busybox"
+  DRIVES=(-drive "file=$SDROOT,if=virtio,format=raw,snapshot=on")
+  APPEND='console=ttyS0 panic=-1 quiet systemd.show_status=error'
+else
+  truncate -s 64M "$WORK/disk.img"    # /dev/vda: io.max target
+  truncate -s 192M "$WORK/swap.img"   # /dev/vdb: swap for the swap-limit test
+  DRIVES=(-drive "file=$WORK/disk.img,if=virtio,format=raw" -drive "file=$WORK/swap.img,if=virtio,format=raw")
+  APPEND='console=ttyS0 panic=-1 quiet'
+fi
 
 # ---------------------------------------------------------------- boot
 log "booting $KREL (timeout ${TIMEOUT}s)"
@@ -245,10 +347,9 @@ timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
   -accel "$ACCEL" -cpu max -m 1024 -smp 2 \
   -nographic -no-reboot \
   -kernel "$KDIR/vmlinuz" -initrd "$INITRD" \
-  -append 'console=ttyS0 panic=-1 quiet' \
+  -append "$APPEND" \
   -virtfs "local,path=$SHARE,mount_tag=host,security_model=none,id=host" \
-  -drive "file=$WORK/disk.img,if=virtio,format=raw" \
-  -drive "file=$WORK/swap.img,if=virtio,format=raw" \
+  "${DRIVES[@]}" \
   -nic none </dev/null 2>&1 | tee "$CONSOLE"
 QRC=${PIPESTATUS[0]}
 set -e
