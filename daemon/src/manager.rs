@@ -256,11 +256,12 @@ struct ShimProc {
 
 impl ShimProc {
     /// The shim `pid` if it is still the process that started at `start` (pid reuse is checked
-    /// after the pidfd pins the process). A shim that has exited but is not reaped yet counts.
-    fn open(pid: i32, start: u64) -> Option<ShimProc> {
+    /// after the pidfd pins the process). A shim that has exited but is not reaped yet counts
+    /// unless `running_only`.
+    fn open(pid: i32, start: u64, running_only: bool) -> Option<ShimProc> {
         let fd = pidfd_open(pid).ok()?;
-        let (_, now) = runtime::state::proc_stat(pid)?;
-        if now != start {
+        let (state, now) = runtime::state::proc_stat(pid)?;
+        if now != start || (running_only && matches!(state, 'Z' | 'X')) {
             return None;
         }
         // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same for its
@@ -379,7 +380,8 @@ impl Manager {
         let stale = self.db.unfinished()?;
         let n = stale.len();
         for u in stale {
-            let shim = u.shim.and_then(|(pid, start)| ShimProc::open(pid, start));
+            // A dead shim not yet reaped by its new parent is gone too.
+            let shim = u.shim.and_then(|(pid, start)| ShimProc::open(pid, start, true));
             let running = u.job.state == JobState::Running as i32;
             match (shim, u.pid.zip(u.pid_start)) {
                 (Some(shim), Some(pid)) if running => self.readopt(u.job, shim, pid)?,
@@ -625,7 +627,7 @@ impl Manager {
         };
         let shim_pid = spawned.pid;
         self.db.set_shim(&id, (shim_pid, shim_start))?;
-        let Some(shim) = ShimProc::open(shim_pid, shim_start) else {
+        let Some(shim) = ShimProc::open(shim_pid, shim_start, false) else {
             self.register_child(shim_pid, false);
             let reason = format!("the job's shim (pid {shim_pid}) vanished at once");
             return self.fail_start(live, watched, None, job, reason).await;
