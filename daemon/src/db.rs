@@ -381,6 +381,27 @@ mod tests {
     }
 
     #[test]
+    fn a_database_from_before_shims_gains_the_shim_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL \
+                 UNIQUE, owner TEXT NOT NULL, state INTEGER NOT NULL, record BLOB NOT NULL, \
+                 pid INTEGER, pid_start INTEGER);",
+            )
+            .unwrap();
+        let db = Db::open(&path).unwrap();
+        let j = job(1, "alice", JobState::Running);
+        db.insert(&j).unwrap();
+        db.set_shim(&j.id, (5, 6)).unwrap();
+        assert_eq!(db.unfinished().unwrap()[0].shim, Some((5, 6)));
+        drop(db);
+        Db::open(&path).expect("reopening a migrated database");
+    }
+
+    #[test]
     fn paginates_100k_rows_quickly_with_filters() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("jobs.db")).unwrap();

@@ -381,7 +381,9 @@ impl Manager {
         let n = stale.len();
         for u in stale {
             // A dead shim not yet reaped by its new parent is gone too.
-            let shim = u.shim.and_then(|(pid, start)| ShimProc::open(pid, start, true));
+            let shim = u
+                .shim
+                .and_then(|(pid, start)| ShimProc::open(pid, start, true));
             let running = u.job.state == JobState::Running as i32;
             match (shim, u.pid.zip(u.pid_start)) {
                 (Some(shim), Some(pid)) if running => self.readopt(u.job, shim, pid)?,
@@ -438,7 +440,11 @@ impl Manager {
 
     /// A job left by a previous jobd that cannot be followed: finalised from its exit record
     /// if its shim wrote one, otherwise cleaned up, with the reason.
-    async fn settle_stale(&self, u: Unfinished, shim: Option<ShimProc>) -> Result<(), ManagerError> {
+    async fn settle_stale(
+        &self,
+        u: Unfinished,
+        shim: Option<ShimProc>,
+    ) -> Result<(), ManagerError> {
         let mut job = u.job;
         let dir = self.job_dir(&job.id);
         let was = JobState::try_from(job.state)
@@ -497,7 +503,8 @@ impl Manager {
         if let Err(e) = cleaned {
             tracing::error!(job_id = %job.id, error = %e, "cleanup of a stale job failed");
         }
-        job.output_bytes = std::fs::metadata(dir.join(crate::output::OUTPUT_FILE)).map_or(0, |m| m.len());
+        job.output_bytes =
+            std::fs::metadata(dir.join(crate::output::OUTPUT_FILE)).map_or(0, |m| m.len());
         job.ended_at_ms = now_ms();
         self.db.finish(&job)?;
         Ok(())
@@ -647,16 +654,19 @@ impl Manager {
             Report::Started { pid, start_time } => (pid, start_time),
             Report::Failed(reason) => {
                 tracing::info!(job_id = %id, reason = %reason, "job failed to start");
-                return self.fail_start(live, watched, Some(shim), job, reason).await;
+                return self
+                    .fail_start(live, watched, Some(shim), job, reason)
+                    .await;
             }
         };
-        let handle: Option<Arc<dyn JobHandle>> = match self.exec.handle(&id, &self.job_dir(&id), pid, pid_start) {
-            Ok(h) => Some(Arc::from(h)),
-            Err(e) => {
-                tracing::error!(job_id = %id, error = %e, "no handle for a started job");
-                None
-            }
-        };
+        let handle: Option<Arc<dyn JobHandle>> =
+            match self.exec.handle(&id, &self.job_dir(&id), pid, pid_start) {
+                Ok(h) => Some(Arc::from(h)),
+                Err(e) => {
+                    tracing::error!(job_id = %id, error = %e, "no handle for a started job");
+                    None
+                }
+            };
         if let Some(h) = &handle {
             let _ = live.handle.set(h.clone());
         }

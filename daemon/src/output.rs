@@ -24,14 +24,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-pub use crate::output_store::{cap_marker, OUTPUT_FILE, STREAMS_FILE};
 use crate::output_store::{self, decode_streams, StoreError, STREAM_RECORD};
+pub use crate::output_store::{cap_marker, OUTPUT_FILE, STREAMS_FILE};
 
 /// The largest chunk sent to a client.
 pub const CHUNK: usize = 32 * 1024;
 /// Chunks queued per follower before it waits for its client.
 const FOLLOWER_QUEUE: usize = 1;
-
 
 /// Errors of the output store.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +195,7 @@ impl OutputLog {
                 let end = run_end.map_or(p.len, |e| e.min(p.len));
                 let n = ((end - offset) as usize).min(CHUNK);
                 // Read on this task: a bounded pread that the page cache almost always answers
-                // (jobd creates no threads at run time; see manager::Workers).
+                // (a trip to a blocking thread would cost more than the read).
                 let mut data = vec![0u8; n];
                 let got = file.read_at(&mut data, offset).map_err(|e| {
                     Status::internal(format!("read output {}: {e}", path.display()))

@@ -394,7 +394,8 @@ impl JobHandle for RuntimeHandle {
             .cgroup()?
             .stats()
             .map_err(|e| host("stats", &self.job_id, e))?;
-        let version = runtime::cgroups::host_version().map_err(|e| host("stats", &self.job_id, e))?;
+        let version =
+            runtime::cgroups::host_version().map_err(|e| host("stats", &self.job_id, e))?;
         // CPU and memory in one set of units whatever the cgroup version (the runtime's
         // `events --stats` normalisation); block IO straight from libcgroups, in bytes on both.
         let n = runtime::stats::normalize(&self.job_id, &s, version).data;
@@ -792,12 +793,9 @@ pub(crate) mod tests {
 
     /// Nothing of job `id` on the host: cgroup, mount, runtime state, shim.
     fn assert_gone(h: &Harness, id: &str) {
-        let cg = runtime::cgroups::Cgroup::open(
-            Path::new(&format!("{CGROUP_PARENT}/{id}")),
-            false,
-            id,
-        )
-        .unwrap();
+        let cg =
+            runtime::cgroups::Cgroup::open(Path::new(&format!("{CGROUP_PARENT}/{id}")), false, id)
+                .unwrap();
         assert!(!cg.exists(), "cgroup of {id} left");
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(id), "mount of {id} left");
@@ -870,7 +868,11 @@ pub(crate) mod tests {
             .job
             .unwrap();
         assert_eq!(rec.state, JobState::Stopped as i32, "{rec:?}");
-        assert!(rec.failure_reason.contains("shut down"), "{}", rec.failure_reason);
+        assert!(
+            rec.failure_reason.contains("shut down"),
+            "{}",
+            rec.failure_reason
+        );
         assert_gone(&h, &held.id);
     }
 }

@@ -150,7 +150,9 @@ impl ShimArgs {
         let mut cap = None;
         let mode = loop {
             let Some(a) = it.next() else {
-                return Err(usage("expected `container` or `host` after the options".into()));
+                return Err(usage(
+                    "expected `container` or `host` after the options".into(),
+                ));
             };
             match a.to_str() {
                 Some("--job-dir") => job_dir = Some(PathBuf::from(value(&mut it, "--job-dir")?)),
@@ -632,8 +634,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     // SAFETY: fd 3 is the report pipe jobd gave us (checked below before use); taking
     // ownership is sound because nothing else in this fresh process refers to it.
     let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
-    if nix::fcntl::fcntl(REPORT_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .is_err()
+    if nix::fcntl::fcntl(
+        REPORT_FD,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .is_err()
     {
         eprintln!("jobd-shim: fd 3 (the report pipe) is not open: jobd starts this program");
         std::mem::forget(report);
@@ -676,10 +681,10 @@ fn run(args: impl IntoIterator<Item = OsString>, report: OwnedFd) -> Result<(), 
         });
     let prepared = sigchld.and_then(|sfd| {
         let writer = OutputWriter::open(&args.job_dir, args.cap)?;
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(sys("create stdout pipe"))?;
-        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(sys("create stderr pipe"))?;
+        let (out_r, out_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create stdout pipe"))?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create stderr pipe"))?;
         Ok((sfd, writer, out_r, out_w, err_r, err_w))
     });
     let (sigchld, writer, out_r, out_w, err_r, err_w) = match prepared {
@@ -800,8 +805,10 @@ mod tests {
         };
         assert!(bad(&["--cap", "x", "host"]).contains("--cap \"x\""));
         assert!(bad(&["--cap", "1", "container"]).contains("--job-dir is required"));
-        assert!(bad(&["--job-dir", "/d", "--cap", "1", "host", "--cwd", "/", "--"])
-            .contains("command is missing"));
+        assert!(
+            bad(&["--job-dir", "/d", "--cap", "1", "host", "--cwd", "/", "--"])
+                .contains("command is missing")
+        );
     }
 
     #[test]

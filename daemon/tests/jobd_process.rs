@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{busybox_rootfs, free_port, job_init, leftovers, pids_with_cmdline};
+use common::{busybox_rootfs, free_port, job_init, leftovers, pids_with_cmdline, CleanJobs};
 
 use proto::job_service_client::JobServiceClient;
 use proto::*;
@@ -327,8 +327,11 @@ fn shim_of(id: &str) -> i32 {
 }
 
 fn kill9(pid: i32) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }
 
 /// kill -9 of jobd (and of one job's shim) while jobs run and write; graceful `leave`
@@ -370,11 +373,30 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     // C loses its shim together with jobd; D loses its shim while jobd runs.
     let orphan = start(&mut c, sh("echo c; sleep 1000")).await;
     let lost = start(&mut c, sh("echo d; sleep 1000")).await;
+    // Declared after jobd, so dropped (on a panic too) before it.
+    let mut cleanup = CleanJobs::default();
     for j in [&writer, &timed, &orphan, &lost] {
+        cleanup.0.push(j.id.clone());
         assert_eq!(j.state, JobState::Running as i32, "{j:?}");
     }
     let s = output_until(&mut c, &writer.id, b"line 0\n").await;
 
+    // The shim inherited nothing of jobd: stdio on /dev/null, no socket, not the database.
+    let shim = shim_of(&timed.id);
+    for fd in std::fs::read_dir(format!("/proc/{shim}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap();
+        let (n, t) = (fd.file_name(), target.to_string_lossy().into_owned());
+        assert!(
+            !t.starts_with("socket:") && !t.contains("jobs.db"),
+            "shim fd {n:?} -> {t}"
+        );
+        if ["0", "1", "2"].contains(&n.to_str().unwrap()) {
+            assert_eq!(t, "/dev/null", "shim fd {n:?}");
+        }
+    }
     kill9(shim_of(&lost.id));
     let d = wait_final(&mut c, &lost.id).await;
     assert_eq!(d.state, JobState::Failed as i32, "{d:?}");
@@ -397,9 +419,17 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     let mut c = connect(&jobd, dir).await;
     let out = all_output(&mut c, &writer.id, true).await;
     let want: String = (0..40).map(|i| format!("line {i}\n")).collect();
-    assert_eq!(String::from_utf8_lossy(&out), want, "every byte, written before, during and after the restart");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        want,
+        "every byte, written before, during and after the restart"
+    );
     let a = wait_final(&mut c, &writer.id).await;
-    assert_eq!((a.state, a.exit_code), (JobState::Exited as i32, Some(3)), "{a:?}");
+    assert_eq!(
+        (a.state, a.exit_code),
+        (JobState::Exited as i32, Some(3)),
+        "{a:?}"
+    );
     assert_eq!(a.output_bytes, want.len() as u64);
 
     let b = wait_final(&mut c, &timed.id).await;
@@ -422,6 +452,7 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     // Graceful shutdown with shutdown_policy = "leave": the job runs on, the next jobd
     // re-adopts it and sees it to its end.
     let left = start(&mut c, sh("echo e1; sleep 1; echo e2; exit 5")).await;
+    cleanup.0.push(left.id.clone());
     let s = output_until(&mut c, &left.id, b"e1\n").await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(jobd.child.id() as i32),
@@ -430,11 +461,19 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     .unwrap();
     assert!(jobd.child.wait().unwrap().success());
     drop((c, s));
-    assert_eq!(pids_with_cmdline(&["jobd-shim", &left.id]).len(), 1, "the shim holds the job");
+    assert_eq!(
+        pids_with_cmdline(&["jobd-shim", &left.id]).len(),
+        1,
+        "the shim holds the job"
+    );
     let jobd = spawn_jobd_with(dir, port, &cfg);
     let mut c = connect(&jobd, dir).await;
     assert_eq!(all_output(&mut c, &left.id, true).await, b"e1\ne2\n");
     let e = wait_final(&mut c, &left.id).await;
-    assert_eq!((e.state, e.exit_code), (JobState::Exited as i32, Some(5)), "{e:?}");
+    assert_eq!(
+        (e.state, e.exit_code),
+        (JobState::Exited as i32, Some(5)),
+        "{e:?}"
+    );
     assert_cleaned(&left.id).await;
 }

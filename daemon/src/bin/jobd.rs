@@ -123,7 +123,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.tls_dir = Some(t);
     }
     cfg.validate()?;
-    // Orphaned descendants of jobs come to jobd, not to PID 1.
+    // Orphaned descendants of jobs (e.g. of a job whose shim was killed) come to jobd, not to
+    // PID 1.
     // SAFETY: prctl with integer arguments only.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc != 0 {
@@ -131,8 +132,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Blocking-pool threads, once made, stay: fewer thread creations racing container
-        // launches (see the launcher in daemon::manager).
+        // Blocking-pool threads, once made, stay: no thread churn under load.
         .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .build()
         .context("tokio runtime")?;

@@ -71,9 +71,15 @@ pub fn job_pids(job_id: &str) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&marker))
-                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&marker))
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
         })
         .collect()
 }
@@ -86,8 +92,13 @@ pub fn leftovers(job_id: &str) -> Vec<String> {
         .map(|p| format!("process {p}"))
         .collect();
     for p in pids_with_cmdline(&["jobd-shim", job_id]) {
-        let zombie = std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .is_ok_and(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+        let zombie = std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        });
         if !zombie {
             left.push(format!("shim {p}"));
         }
@@ -112,4 +123,41 @@ pub fn leftovers(job_id: &str) -> Vec<String> {
             .map(|l| format!("mount {l}")),
     );
     left
+}
+
+/// Removes what a failed test left of job `id` (a panicking test leaves running jobs in their
+/// shims, by design): kills its processes, unmounts its overlay, removes its cgroups.
+pub fn force_clean(id: &str) {
+    for pid in job_pids(id) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for target in mounts
+        .lines()
+        .filter(|l| l.contains(id))
+        .filter_map(|l| l.split_whitespace().nth(4))
+    {
+        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+    }
+    for entry in leftovers(id) {
+        if let Some(dir) = entry.strip_prefix("cgroup ") {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Calls [`force_clean`] on its jobs when dropped (also when the test panics).
+#[derive(Default)]
+pub struct CleanJobs(pub Vec<String>);
+
+impl Drop for CleanJobs {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            force_clean(id);
+        }
+    }
 }
