@@ -79,7 +79,7 @@ pub enum ShutdownPolicy {
     /// Stop every running job (SIGTERM, grace period, SIGKILL) and record it as stopped.
     #[default]
     Stop,
-    /// Leave jobs running; the next jobd start deals with them (see the README).
+    /// Leave jobs running (their shims hold them); the next jobd re-adopts them.
     Leave,
 }
 
@@ -100,6 +100,8 @@ pub struct Config {
     pub rootfs: Option<PathBuf>,
     /// The job-init binary; default: next to jobd, or `$JOB_RUNTIME_INIT`.
     pub job_init: Option<PathBuf>,
+    /// The per-job shim binary; default: `$JOBD_SHIM`, or `jobd-shim` next to jobd.
+    pub shim: Option<PathBuf>,
     /// Limits for fields a request leaves at 0.
     pub default_limits: LimitValues,
     /// The largest limits a request may ask for.
@@ -125,6 +127,7 @@ impl Default for Config {
             client_identity_dir: None,
             rootfs: None,
             job_init: None,
+            shim: None,
             default_limits: LimitValues::default(),
             max_limits: LimitValues::default_ceilings(),
             grace_period_ms: 10_000,

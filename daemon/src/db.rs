@@ -58,6 +58,8 @@ pub struct Unfinished {
     pub pid: Option<i32>,
     /// That process's start time (clock ticks since boot), to detect pid reuse.
     pub pid_start: Option<u64>,
+    /// The job's shim (pid, start time), once spawned.
+    pub shim: Option<(i32, u64)>,
 }
 
 /// The job database.
@@ -74,11 +76,27 @@ CREATE TABLE IF NOT EXISTS jobs (
     state INTEGER NOT NULL,
     record BLOB NOT NULL,
     pid INTEGER,
-    pid_start INTEGER
+    pid_start INTEGER,
+    shim_pid INTEGER,
+    shim_start INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_owner_seq ON jobs(owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
 ";
+
+/// Databases made before jobs had shims lack the shim columns.
+fn add_shim_columns(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'shim_pid'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN shim_pid INTEGER;
+             ALTER TABLE jobs ADD COLUMN shim_start INTEGER;",
+        )?;
+    }
+    Ok(())
+}
 
 fn strip(job: &Job) -> Vec<u8> {
     let mut j = job.clone();
@@ -103,6 +121,7 @@ impl Db {
         conn.pragma_update(None, "busy_timeout", 5000)
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        add_shim_columns(&conn).map_err(err)?;
         Ok(Db {
             conn: Mutex::new(conn),
         })
@@ -152,6 +171,40 @@ impl Db {
                 params![id, p, s],
             )
             .map_err(Self::q("set pid", id))?;
+        Ok(())
+    }
+
+    /// Records the job's shim (pid, start time).
+    pub fn set_shim(&self, id: &str, shim: (i32, u64)) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET shim_pid = ?2, shim_start = ?3 WHERE id = ?1",
+                params![id, shim.0, shim.1 as i64],
+            )
+            .map_err(Self::q("set shim", id))?;
+        Ok(())
+    }
+
+    /// Writes a final record and forgets the job's processes, in one statement.
+    pub fn finish(&self, job: &Job) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET state = ?2, record = ?3, pid = NULL, pid_start = NULL, \
+                 shim_pid = NULL, shim_start = NULL WHERE id = ?1",
+                params![job.id, job.state, strip(job)],
+            )
+            .map_err(Self::q("finish", &job.id))?;
+        Ok(())
+    }
+
+    /// Marks a job running with its main process (pid, start time), in one statement.
+    pub fn set_running(&self, job: &Job, pid: (i32, u64)) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET state = ?2, record = ?3, pid = ?4, pid_start = ?5 WHERE id = ?1",
+                params![job.id, job.state, strip(job), pid.0, pid.1 as i64],
+            )
+            .map_err(Self::q("set running", &job.id))?;
         Ok(())
     }
 
@@ -240,7 +293,10 @@ impl Db {
     pub fn unfinished(&self) -> Result<Vec<Unfinished>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT id, record, pid, pid_start FROM jobs WHERE state IN (?1, ?2)")
+            .prepare(
+                "SELECT id, record, pid, pid_start, shim_pid, shim_start FROM jobs \
+                 WHERE state IN (?1, ?2)",
+            )
             .map_err(Self::q("unfinished", "-"))?;
         let rows = stmt
             .query_map(
@@ -251,19 +307,23 @@ impl Db {
                         r.get::<_, Vec<u8>>(1)?,
                         r.get::<_, Option<i32>>(2)?,
                         r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<i32>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
                     ))
                 },
             )
             .map_err(Self::q("unfinished", "-"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, blob, pid, start) = row.map_err(Self::q("unfinished", "-"))?;
+            let (id, blob, pid, start, shim_pid, shim_start) =
+                row.map_err(Self::q("unfinished", "-"))?;
             let job = Job::decode(blob.as_slice())
                 .map_err(|source| DbError::Decode { job_id: id, source })?;
             out.push(Unfinished {
                 job,
                 pid,
                 pid_start: start.map(|s| s as u64),
+                shim: shim_pid.zip(shim_start.map(|s| s as u64)),
             });
         }
         Ok(out)
@@ -298,6 +358,8 @@ mod tests {
             db.insert(&job(1, "alice", JobState::Running)).unwrap();
             db.set_pid(&job(1, "alice", JobState::Running).id, Some((42, 7)))
                 .unwrap();
+            db.set_shim(&job(1, "alice", JobState::Running).id, (41, 6))
+                .unwrap();
             let mut j = job(2, "bob", JobState::Starting);
             db.insert(&j).unwrap();
             j.state = JobState::Exited as i32;
@@ -314,7 +376,29 @@ mod tests {
         let un = db.unfinished().unwrap();
         assert_eq!(un.len(), 1);
         assert_eq!((un[0].pid, un[0].pid_start), (Some(42), Some(7)));
+        assert_eq!(un[0].shim, Some((41, 6)));
         assert!(db.get("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_database_from_before_shims_gains_the_shim_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL \
+                 UNIQUE, owner TEXT NOT NULL, state INTEGER NOT NULL, record BLOB NOT NULL, \
+                 pid INTEGER, pid_start INTEGER);",
+            )
+            .unwrap();
+        let db = Db::open(&path).unwrap();
+        let j = job(1, "alice", JobState::Running);
+        db.insert(&j).unwrap();
+        db.set_shim(&j.id, (5, 6)).unwrap();
+        assert_eq!(db.unfinished().unwrap()[0].shim, Some((5, 6)));
+        drop(db);
+        Db::open(&path).expect("reopening a migrated database");
     }
 
     #[test]

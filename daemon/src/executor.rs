@@ -1,14 +1,15 @@
 //! The boundary between the job manager and whatever actually runs a job.
 //!
 //! The manager owns the lifecycle (states, stop, timeouts, output, records); an [`Executor`]
-//! turns a validated request into a started process and gives back a [`JobHandle`] to signal,
-//! measure and clean it. jobd's executor is [`crate::runner::RuntimeExecutor`]: an OCI bundle
-//! from the runtime library's default spec, started in-process through that library.
+//! prepares a validated request into what the job's shim starts ([`Launch`]), and gives back a
+//! [`JobHandle`] to signal, measure and clean the started job. jobd's executor is
+//! [`crate::runner::RuntimeExecutor`]: an OCI bundle from the runtime library's default spec,
+//! which the shim starts through that library.
 
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::LimitValues;
+pub use crate::shim::Launch;
 
 /// Errors of an executor.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +44,6 @@ pub struct LaunchRequest {
     pub limits: LimitValues,
     /// An uncompressed tar to unpack into the working directory (may be empty).
     pub input_tar: Vec<u8>,
-    /// The write end of the job's stdout pipe.
-    pub stdout: OwnedFd,
-    /// The write end of the job's stderr pipe.
-    pub stderr: OwnedFd,
 }
 
 /// Resource usage of a job, normalised across cgroup v1 and v2.
@@ -68,7 +65,7 @@ pub struct JobStats {
 
 /// A started job.
 pub trait JobHandle: Send + Sync + std::fmt::Debug {
-    /// The job's main process as the host sees it: a child of this process.
+    /// The job's main process as the host sees it (a child of the job's shim).
     fn pid(&self) -> i32;
     /// Its start time (clock ticks after boot, /proc/PID/stat field 22), against pid reuse.
     fn pid_start(&self) -> u64;
@@ -78,17 +75,27 @@ pub trait JobHandle: Send + Sync + std::fmt::Debug {
     fn stats(&self) -> Result<JobStats, ExecError>;
     /// Whether the kernel's OOM killer killed a process of the job.
     fn oom_killed(&self) -> bool;
-    /// After the main process was reaped: kills any survivor and removes the job's cgroup,
+    /// After the main process ended: kills any survivor and removes the job's cgroup,
     /// mounts and runtime state.
     fn destroy(&self) -> Result<(), ExecError>;
 }
 
-/// Something that starts jobs.
+/// Something that prepares jobs for the shim.
 pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
-    /// Prepares and starts a job (blocking; called from a blocking thread). The returned
-    /// handle's process is running the job's command.
-    fn launch(&self, req: LaunchRequest) -> Result<Box<dyn JobHandle>, ExecError>;
-    /// Removes what a previous daemon left of a job it did not finish: kills its processes,
-    /// removes its cgroup, mounts and runtime state. Succeeds when there is nothing left.
-    fn cleanup_stale(&self, job_id: &str, job_dir: &std::path::Path) -> Result<(), ExecError>;
+    /// Prepares a job (blocking; called from an executor thread) and says what the shim must
+    /// start. On failure nothing of the job is left.
+    fn prepare(&self, req: LaunchRequest) -> Result<Launch, ExecError>;
+    /// The handle of a job whose main process `pid` (started at `pid_start`) the shim started,
+    /// now or before a restart of jobd.
+    fn handle(
+        &self,
+        job_id: &str,
+        job_dir: &Path,
+        pid: i32,
+        pid_start: u64,
+    ) -> Result<Box<dyn JobHandle>, ExecError>;
+    /// Removes whatever is left of a job that has no handle (a failed start, a job whose shim
+    /// is gone): kills its processes, removes its cgroup, mounts and runtime state. Succeeds
+    /// when there is nothing left.
+    fn cleanup(&self, job_id: &str, job_dir: &Path) -> Result<(), ExecError>;
 }

@@ -1,6 +1,7 @@
 //! jobd: the mTLS gRPC job service.
 //!
 //! Modules, one concern each: [`config`], [`certs`], [`tls`], [`auth`], [`db`], [`output`],
+//! [`output_store`], [`shim`],
 //! [`executor`], [`runner`], [`manager`], [`service`], and [`server`] which ties them together.
 
 pub mod auth;
@@ -12,10 +13,12 @@ pub mod executor;
 pub mod jobctl;
 pub mod manager;
 pub mod output;
+pub mod output_store;
 pub mod rootfs;
 pub mod runner;
 pub mod server;
 pub mod service;
+pub mod shim;
 pub mod tls;
 pub mod validate;
 

@@ -1,10 +1,16 @@
 //! The job manager: lifecycle of every job, from request to final record.
 //!
-//! `start` records the job (committed before the caller hears of it), starts the output pump,
-//! asks the [`Executor`] to launch it and returns the record; a supervisor task per job then
-//! waits for the main process through a pidfd (an event, no polling), enforces the wall-clock
-//! timeout, and on exit collects the status, OOM flag and output, cleans up and writes the final
-//! record. Stop = SIGTERM to every process of the job, SIGKILL to all after the grace period.
+//! `start` records the job (committed before the caller hears of it), follows its output file,
+//! has the [`Executor`] prepare it, spawns the job's shim ([`crate::shim`]), which starts it and
+//! reports, and returns the record. A supervisor task per job then waits for the shim's exit
+//! through a pidfd (an event, no polling; it works for a shim that is not jobd's child, after a
+//! restart), enforces the wall-clock timeout, and when the shim is gone reads the exit status it
+//! recorded, the OOM flag and the output length, cleans up and writes the final record. Stop =
+//! SIGTERM to every process of the job, SIGKILL to all after the grace period.
+//!
+//! Because the shim, not jobd, holds a running job, jobd may die at any moment: on restart
+//! [`Manager::recover`] re-adopts jobs whose shim is alive, finalises those whose shim recorded
+//! an exit while jobd was away, and cleans up the rest with the reason in the record.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -21,9 +27,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::config::{Config, LimitValues, ShutdownPolicy};
-use crate::db::{Db, DbError, ListFilter};
+use crate::db::{Db, DbError, ListFilter, Unfinished};
 use crate::executor::{ExecError, Executor, JobHandle, JobStats, LaunchRequest};
-use crate::output::{self, OutputError, OutputLog};
+use crate::output::{OutputError, OutputLog, OutputWatcher, Watched};
+use crate::shim::{self, ExitRecord, Report, ShimArgs};
 
 /// Errors of the job manager.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +45,8 @@ pub enum ManagerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("create pipe for job {job_id}: {source}")]
-    Pipe { job_id: String, source: nix::Error },
+    #[error("follow output: {0}")]
+    Watcher(std::io::Error),
     #[error("stats of job {job_id}: {source}")]
     Stats { job_id: String, source: ExecError },
     #[error("jobd is shutting down")]
@@ -86,8 +93,8 @@ struct Live {
     stop: Mutex<Option<StopReason>>,
 }
 
-/// Pids of job processes (which the supervisors reap) and launches in flight (during which the
-/// runtime may reap its own children): the orphan reaper keeps off both.
+/// Pids of shims (which the supervisors reap) and spawns in flight (a shim exists before its
+/// pid is registered): the orphan reaper keeps off both.
 #[derive(Debug, Default)]
 pub struct Children {
     registered: Mutex<HashSet<i32>>,
@@ -96,7 +103,8 @@ pub struct Children {
 
 impl Children {
     /// Reaps zombie children that no supervisor waits for (orphans re-parented to jobd, the
-    /// child subreaper). Does nothing while a launch is in flight.
+    /// child subreaper, e.g. a job's processes whose shim was killed). Does nothing while a
+    /// spawn is in flight.
     pub fn reap_orphans(&self) {
         if self.launching.load(Ordering::SeqCst) > 0 {
             return;
@@ -148,26 +156,11 @@ pub async fn run_reaper(children: Arc<Children>) {
     }
 }
 
-/// A job's exit as the kernel reported it.
-#[derive(Debug, Clone, Copy)]
-enum Exit {
-    Code(i32),
-    Signal(i32),
-    Unknown,
-}
-
 type Work = Box<dyn FnOnce() + Send>;
 
-/// The threads that call into the executor (launch, stats, teardown): long-lived, started with
-/// the manager.
-///
-/// The runtime clones the container's first process from the calling thread. A clone of a
-/// multi-threaded process copies the C library's list of threads, and glibc's set*id wrappers in
-/// the child then wait forever for any thread that was being created at that instant (seen here:
-/// the child stuck in `__nptl_setxid` from `setresgid`). So jobd creates no threads while it
-/// runs: executor calls go to these threads, not to tokio's on-demand blocking pool, and output
-/// followers read the file on their own task. (The robust fix is raw set*id syscalls in the
-/// runtime's child; see the README.)
+/// The threads that call into the executor (prepare and spawn the shim, stats, teardown):
+/// long-lived, started with the manager, so that blocking filesystem and cgroup work stays off
+/// tokio's workers and jobd does not create threads per job.
 #[derive(Debug)]
 struct Workers {
     tx: Mutex<std::sync::mpsc::Sender<Work>>,
@@ -230,17 +223,19 @@ pub struct Manager {
     db: Arc<Db>,
     exec: Arc<dyn Executor>,
     jobs_dir: PathBuf,
+    shim: PathBuf,
+    watcher: Arc<OutputWatcher>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     children: Arc<Children>,
     closing: watch::Sender<bool>,
+    /// Set on a shutdown that leaves jobs running: supervisors let go of their jobs.
+    leaving: watch::Sender<bool>,
 }
 
-fn pipe(job_id: &str) -> Result<(OwnedFd, OwnedFd), ManagerError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| ManagerError::Pipe {
-        job_id: job_id.to_string(),
-        source,
-    })
-}
+/// How long a shim may take to say whether its job started.
+const REPORT_LIMIT: Duration = Duration::from_secs(60);
+/// How long recovery waits for the shim of a job that was still starting to give up by itself.
+const STARTING_SHIM_LIMIT: Duration = Duration::from_secs(10);
 
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
@@ -252,12 +247,88 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A job's shim, followed through a pidfd: jobd's child, or (after a restart) anybody's.
+#[derive(Debug)]
+struct ShimProc {
+    pid: i32,
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl ShimProc {
+    /// The shim `pid` if it is still the process that started at `start` (pid reuse is checked
+    /// after the pidfd pins the process). A shim that has exited but is not reaped yet counts
+    /// unless `running_only`.
+    fn open(pid: i32, start: u64, running_only: bool) -> Option<ShimProc> {
+        let fd = pidfd_open(pid).ok()?;
+        let (state, now) = runtime::state::proc_stat(pid)?;
+        if now != start || (running_only && matches!(state, 'Z' | 'X')) {
+            return None;
+        }
+        // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same for its
+        // whole lifetime.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()?;
+        Some(ShimProc { pid, fd })
+    }
+
+    /// Waits until the shim has exited, and reaps it if it is jobd's child.
+    async fn wait(&self) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                break;
+            };
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(self.fd.get_ref()),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0) {
+                break;
+            }
+            guard.clear_ready();
+        }
+        // ECHILD when a previous jobd started it: its new parent reaps it.
+        let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
+    }
+
+    fn kill(&self) {
+        // Through the pidfd: never a process that reused the pid.
+        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and null info.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref()),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+}
+
+/// A job being followed: its shim, its output watch and (once started) its handle.
+struct Followed {
+    live: Arc<Live>,
+    shim: ShimProc,
+    watched: Watched,
+    handle: Option<Arc<dyn JobHandle>>,
+    /// What is left of the wall-clock timeout; `None` = none.
+    timeout: Option<Duration>,
+}
+
 impl Manager {
-    /// A manager over `db` with `exec`; call [`Manager::recover`] before serving.
-    pub fn new(cfg: Arc<Config>, db: Arc<Db>, exec: Arc<dyn Executor>) -> Arc<Manager> {
+    /// A manager over `db` with `exec`; call [`Manager::recover`] before serving. Must be
+    /// called inside the tokio runtime (it starts the output watcher).
+    pub fn new(
+        cfg: Arc<Config>,
+        db: Arc<Db>,
+        exec: Arc<dyn Executor>,
+    ) -> Result<Arc<Manager>, ManagerError> {
         let jobs_dir = cfg.data_dir.join("jobs");
-        Arc::new(Manager {
+        let shim = cfg.shim.clone().unwrap_or_else(shim::default_path);
+        Ok(Arc::new(Manager {
             workers: Workers::new(),
+            watcher: OutputWatcher::start().map_err(ManagerError::Watcher)?,
+            shim,
             cfg,
             db,
             exec,
@@ -265,7 +336,8 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             children: Arc::new(Children::default()),
             closing: watch::channel(false).0,
-        })
+            leaving: watch::channel(false).0,
+        }))
     }
 
     /// The pid registry for the orphan reaper.
@@ -286,44 +358,156 @@ impl Manager {
         self.live_map().get(id).cloned()
     }
 
-    /// Deals with jobs a previous daemon left starting or running: their output pipes died with
-    /// that daemon, so they cannot be followed; their processes, cgroups and mounts are removed
-    /// and the record says so.
-    pub async fn recover(&self) -> Result<usize, ManagerError> {
+    fn register_child(&self, pid: i32, add: bool) {
+        let mut r = self
+            .children
+            .registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if add {
+            r.insert(pid);
+        } else {
+            r.remove(&pid);
+        }
+    }
+
+    /// Deals with jobs a previous daemon left starting or running: a running job whose shim is
+    /// alive is re-adopted (its output followed from the file, its timeout re-armed, its shim
+    /// waited for); one whose shim recorded an exit while jobd was away is finalised from that
+    /// record; any other is cleaned up (processes killed, cgroup and mounts removed) and the
+    /// record says why. Returns how many jobs it dealt with.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, ManagerError> {
         let stale = self.db.unfinished()?;
         let n = stale.len();
         for u in stale {
-            let mut job = u.job;
-            let dir = self.job_dir(&job.id);
-            let exec = self.exec.clone();
-            let id = job.id.clone();
-            let cleaned = self
-                .workers
-                .run("cleanup", &job.id, move || exec.cleanup_stale(&id, &dir))
-                .await;
-            let was = JobState::try_from(job.state)
-                .map(|s| s.as_str_name())
-                .unwrap_or("unknown");
-            let mut reason = format!(
-                "jobd restarted while the job was {}: its output pipes were lost with the previous \
-                 daemon, so its processes were killed and its cgroup and mounts removed",
-                was.trim_start_matches("JOB_STATE_").to_lowercase()
-            );
-            if let Err(e) = cleaned {
-                tracing::error!(job_id = %job.id, error = %e, "cleanup of a stale job failed");
-                reason.push_str(&format!(" (cleanup error: {e})"));
+            // A dead shim not yet reaped by its new parent is gone too.
+            let shim = u
+                .shim
+                .and_then(|(pid, start)| ShimProc::open(pid, start, true));
+            let running = u.job.state == JobState::Running as i32;
+            match (shim, u.pid.zip(u.pid_start)) {
+                (Some(shim), Some(pid)) if running => self.readopt(u.job, shim, pid)?,
+                (shim, _) => self.settle_stale(u, shim).await?,
             }
-            let dir = self.job_dir(&job.id);
-            job.output_bytes =
-                std::fs::metadata(dir.join(output::OUTPUT_FILE)).map_or(0, |m| m.len());
-            job.state = JobState::Failed as i32;
-            job.failure_reason = reason;
-            job.ended_at_ms = now_ms();
-            self.db.update(&job)?;
-            self.db.set_pid(&job.id, None)?;
-            tracing::warn!(job_id = %job.id, "stale job cleaned up after restart");
         }
         Ok(n)
+    }
+
+    /// Follows a running job whose shim survived jobd's restart.
+    fn readopt(
+        self: &Arc<Self>,
+        job: Job,
+        shim: ShimProc,
+        (pid, pid_start): (i32, u64),
+    ) -> Result<(), ManagerError> {
+        let dir = self.job_dir(&job.id);
+        let (log, tail) = OutputLog::resume(&dir)?;
+        let watched = self.watcher.watch(tail)?;
+        let handle: Option<Arc<dyn JobHandle>> =
+            match self.exec.handle(&job.id, &dir, pid, pid_start) {
+                Ok(h) => Some(Arc::from(h)),
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "re-adopted job has no handle");
+                    None
+                }
+            };
+        let live = Arc::new(Live {
+            record: watch::channel(job.clone()).0,
+            output: log,
+            handle: OnceLock::new(),
+            stop: Mutex::new(None),
+        });
+        if let Some(h) = &handle {
+            let _ = live.handle.set(h.clone());
+        }
+        self.live_map().insert(job.id.clone(), live.clone());
+        self.register_child(shim.pid, true);
+        let timeout_ms = job.spec.as_ref().map_or(0, |s| s.timeout_ms);
+        let timeout = (timeout_ms > 0).then(|| {
+            let ran = now_ms().saturating_sub(job.started_at_ms).max(0) as u64;
+            Duration::from_millis(timeout_ms.saturating_sub(ran))
+        });
+        tracing::info!(job_id = %job.id, shim_pid = shim.pid, pid, "re-adopted a running job");
+        self.spawn_supervisor(Followed {
+            live,
+            shim,
+            watched,
+            handle,
+            timeout,
+        });
+        Ok(())
+    }
+
+    /// A job left by a previous jobd that cannot be followed: finalised from its exit record
+    /// if its shim wrote one, otherwise cleaned up, with the reason.
+    async fn settle_stale(
+        &self,
+        u: Unfinished,
+        shim: Option<ShimProc>,
+    ) -> Result<(), ManagerError> {
+        let mut job = u.job;
+        let dir = self.job_dir(&job.id);
+        let was = JobState::try_from(job.state)
+            .map(|s| s.as_str_name())
+            .unwrap_or("unknown")
+            .trim_start_matches("JOB_STATE_")
+            .to_lowercase();
+        if let Some(shim) = &shim {
+            // Still starting: its report pipe died with the old jobd, so it gives up by itself
+            // (kills the job, records the exit). Do not wait for ever.
+            self.register_child(shim.pid, true);
+            if tokio::time::timeout(STARTING_SHIM_LIMIT, shim.wait())
+                .await
+                .is_err()
+            {
+                shim.kill();
+                shim.wait().await;
+            }
+            self.register_child(shim.pid, false);
+        }
+        let record = shim::read_exit(&dir).unwrap_or_else(|e| {
+            tracing::warn!(job_id = %job.id, error = %e, "unreadable exit record");
+            None
+        });
+        let handle = u
+            .pid
+            .zip(u.pid_start)
+            .and_then(|(pid, start)| self.exec.handle(&job.id, &dir, pid, start).ok());
+        job.oom_killed = handle.as_ref().is_some_and(|h| h.oom_killed());
+        let exec = self.exec.clone();
+        let (id, d) = (job.id.clone(), dir.clone());
+        let cleaned = self
+            .workers
+            .run("cleanup", &job.id, move || exec.cleanup(&id, &d))
+            .await;
+        let finished_alone = running_and_recorded(&job, record.as_ref());
+        match (finished_alone, record) {
+            (true, Some(rec)) => {
+                apply_exit(&mut job, &rec);
+                tracing::info!(job_id = %job.id, "job ended while jobd was away; finalised from its exit record");
+            }
+            _ => {
+                let mut reason = format!(
+                    "jobd restarted while the job was {was} and its shim was gone without \
+                     recording an exit status: its processes were killed and its cgroup and \
+                     mounts removed"
+                );
+                if let Err(e) = &cleaned {
+                    reason.push_str(&format!(" (cleanup error: {e})"));
+                }
+                job.state = JobState::Failed as i32;
+                job.failure_reason = reason;
+                tracing::warn!(job_id = %job.id, "stale job cleaned up after restart");
+            }
+        }
+        if let Err(e) = cleaned {
+            tracing::error!(job_id = %job.id, error = %e, "cleanup of a stale job failed");
+        }
+        job.output_bytes =
+            std::fs::metadata(dir.join(crate::output::OUTPUT_FILE)).map_or(0, |m| m.len());
+        job.ended_at_ms = now_ms();
+        self.db.finish(&job)?;
+        Ok(())
     }
 
     /// Starts a job for `owner`. `limits` are already resolved and checked. Returns the record:
@@ -359,7 +543,7 @@ impl Manager {
                     source,
                 })?;
         }
-        let (log, writer) = OutputLog::create(&dir, self.cfg.output_cap_bytes)?;
+        let (log, tail) = OutputLog::create(&dir)?;
         self.db.insert(&job)?;
         let live = Arc::new(Live {
             record: watch::channel(job.clone()).0,
@@ -368,17 +552,24 @@ impl Manager {
             stop: Mutex::new(None),
         });
         self.live_map().insert(id.clone(), live.clone());
+        let watched = match self.watcher.watch(tail) {
+            Ok(w) => w,
+            Err(e) => {
+                job.state = JobState::Failed as i32;
+                job.failure_reason = format!("jobd could not follow the job's output: {e}");
+                job.ended_at_ms = now_ms();
+                self.finish(&live, &job)?;
+                return Ok(job);
+            }
+        };
 
-        let (out_r, out_w) = pipe(&id)?;
-        let (err_r, err_w) = pipe(&id)?;
-        let pump = tokio::spawn(output::pump(writer, out_r, err_r));
         let mut argv = vec![spec.command.clone()];
         argv.extend(spec.args.iter().cloned());
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.sort();
         let req = LaunchRequest {
             job_id: id.clone(),
-            job_dir: dir,
+            job_dir: dir.clone(),
             argv,
             env,
             working_dir: if spec.working_dir.is_empty() {
@@ -388,28 +579,49 @@ impl Manager {
             },
             limits,
             input_tar,
-            stdout: out_w,
-            stderr: err_w,
         };
+        // Prepare and spawn on an executor thread; the shim's pid is registered before the
+        // orphan reaper may look again.
         self.children.launching.fetch_add(1, Ordering::SeqCst);
-        let exec = self.exec.clone();
-        let launched = self
+        let (exec, shim_path, children) =
+            (self.exec.clone(), self.shim.clone(), self.children.clone());
+        let cap = self.cfg.output_cap_bytes;
+        let spawned = self
             .workers
-            .run("launch", &id, move || exec.launch(req))
-            .await;
-        let handle: Arc<dyn JobHandle> = match launched {
-            Ok(h) => {
-                let h: Arc<dyn JobHandle> = Arc::from(h);
-                self.children
+            .run("launch", &id, move || {
+                let launch = exec.prepare(req)?;
+                let job_id = match &launch {
+                    shim::Launch::Container { id, .. } => id.clone(),
+                    shim::Launch::Host { .. } => String::new(),
+                };
+                let args = ShimArgs {
+                    job_dir: dir.clone(),
+                    cap,
+                    launch,
+                };
+                let sp = shim::spawn(&shim_path, &args).map_err(|e| {
+                    if let Err(c) = exec.cleanup(&job_id, &dir) {
+                        tracing::warn!(job_id, error = %c, "cleanup after a failed shim spawn");
+                    }
+                    ExecError::Host {
+                        op: "spawn the job's shim",
+                        job_id: job_id.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                children
                     .registered
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(h.pid());
-                self.children.launching.fetch_sub(1, Ordering::SeqCst);
-                h
-            }
+                    .insert(sp.pid);
+                let start = runtime::state::proc_stat(sp.pid).map_or(0, |(_, t)| t);
+                Ok((sp, start))
+            })
+            .await;
+        self.children.launching.fetch_sub(1, Ordering::SeqCst);
+        let (spawned, shim_start) = match spawned {
+            Ok(s) => s,
             Err(e) => {
-                self.children.launching.fetch_sub(1, Ordering::SeqCst);
                 let reason = match &e {
                     ExecError::Job(msg) => msg.clone(),
                     ExecError::Host { .. } => {
@@ -417,153 +629,204 @@ impl Manager {
                         format!("jobd could not start the job: {e}")
                     }
                 };
-                tracing::info!(job_id = %id, reason = %reason, "job failed to start");
-                let writer = pump.await.ok().and_then(|r| r.ok());
-                job.state = JobState::Failed as i32;
-                job.failure_reason = reason;
-                job.ended_at_ms = now_ms();
-                job.output_bytes = writer.map_or(0, |w| w.len());
-                self.finish(&live, &job)?;
-                return Ok(job);
+                return self.fail_start(live, watched, None, job, reason).await;
             }
         };
-        let _ = live.handle.set(handle.clone());
+        let shim_pid = spawned.pid;
+        self.db.set_shim(&id, (shim_pid, shim_start))?;
+        let Some(shim) = ShimProc::open(shim_pid, shim_start, false) else {
+            self.register_child(shim_pid, false);
+            let reason = format!("the job's shim (pid {shim_pid}) vanished at once");
+            return self.fail_start(live, watched, None, job, reason).await;
+        };
+        let report = match tokio::time::timeout(REPORT_LIMIT, read_report(spawned.report)).await {
+            Ok(Ok(text)) => Report::decode(&text),
+            Ok(Err(e)) => Report::Failed(format!("read the shim's report: {e}")),
+            Err(_) => {
+                shim.kill();
+                Report::Failed(format!(
+                    "the job's shim did not report within {} s",
+                    REPORT_LIMIT.as_secs()
+                ))
+            }
+        };
+        let (pid, pid_start) = match report {
+            Report::Started { pid, start_time } => (pid, start_time),
+            Report::Failed(reason) => {
+                tracing::info!(job_id = %id, reason = %reason, "job failed to start");
+                return self
+                    .fail_start(live, watched, Some(shim), job, reason)
+                    .await;
+            }
+        };
+        let handle: Option<Arc<dyn JobHandle>> =
+            match self.exec.handle(&id, &self.job_dir(&id), pid, pid_start) {
+                Ok(h) => Some(Arc::from(h)),
+                Err(e) => {
+                    tracing::error!(job_id = %id, error = %e, "no handle for a started job");
+                    None
+                }
+            };
+        if let Some(h) = &handle {
+            let _ = live.handle.set(h.clone());
+        }
         job.state = JobState::Running as i32;
         job.started_at_ms = now_ms();
-        self.db
-            .set_pid(&id, Some((handle.pid(), handle.pid_start())))?;
-        self.db.update(&job)?;
+        self.db.set_running(&job, (pid, pid_start))?;
         live.record.send_replace(job.clone());
-        tracing::info!(job_id = %id, owner, pid = handle.pid(), "job running");
-        let me = self.clone();
-        let timeout = spec.timeout_ms;
-        tokio::spawn(async move {
-            let id = job.id.clone();
-            if let Err(e) = me.supervise(live, handle, pump, timeout).await {
-                tracing::error!(job_id = %id, error = %e, "supervisor failed");
-            }
+        tracing::info!(job_id = %id, owner, pid, shim_pid, "job running");
+        let timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
+        self.spawn_supervisor(Followed {
+            live,
+            shim,
+            watched,
+            handle,
+            timeout,
         });
         let current = self.live(&id).map(|l| l.record.borrow().clone());
         Ok(current.unwrap_or_else(|| self.db.get(&id).ok().flatten().unwrap_or_default()))
     }
 
+    /// Records a job that did not start: waits for its shim (if any), removes what is left.
+    async fn fail_start(
+        &self,
+        live: Arc<Live>,
+        watched: Watched,
+        shim: Option<ShimProc>,
+        mut job: Job,
+        reason: String,
+    ) -> Result<Job, ManagerError> {
+        if let Some(shim) = &shim {
+            shim.wait().await;
+            self.register_child(shim.pid, false);
+        }
+        let exec = self.exec.clone();
+        let (id, dir) = (job.id.clone(), self.job_dir(&job.id));
+        if let Err(e) = self
+            .workers
+            .run("cleanup", &job.id, move || exec.cleanup(&id, &dir))
+            .await
+        {
+            tracing::error!(job_id = %job.id, error = %e, "cleanup after a failed start");
+        }
+        job.output_bytes = self.watcher.unwatch(watched).unwrap_or_else(|e| {
+            tracing::error!(job_id = %job.id, error = %e, "last look at the output");
+            live.output.progress().len
+        });
+        job.state = JobState::Failed as i32;
+        job.failure_reason = reason;
+        job.ended_at_ms = now_ms();
+        self.finish(&live, &job)?;
+        Ok(job)
+    }
+
+    fn spawn_supervisor(self: &Arc<Self>, f: Followed) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = f.live.record.borrow().id.clone();
+            if let Err(e) = me.supervise(f).await {
+                tracing::error!(job_id = %id, error = %e, "supervisor failed");
+            }
+        });
+    }
+
     /// Writes a final record, publishes it, ends the output and forgets the live job.
     fn finish(&self, live: &Live, job: &Job) -> Result<(), ManagerError> {
-        let r1 = self.db.update(job);
-        let r2 = self.db.set_pid(&job.id, None);
+        let r = self.db.finish(job);
         live.record.send_replace(job.clone());
         live.output.finish();
         self.live_map().remove(&job.id);
-        r1?;
-        r2?;
+        r?;
         Ok(())
     }
 
-    async fn wait_exit(pid: i32) -> Exit {
-        let registered = pidfd_open(pid).and_then(|fd| {
-            // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same for its
-            // whole lifetime.
-            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        });
-        let fd = match registered {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::error!(pid, error = %e, "pidfd_open failed; waiting on a thread");
-                return tokio::task::spawn_blocking(move || {
-                    match waitpid(Pid::from_raw(pid), None) {
-                        Ok(WaitStatus::Exited(_, c)) => Exit::Code(c),
-                        Ok(WaitStatus::Signaled(_, s, _)) => Exit::Signal(s as i32),
-                        _ => Exit::Unknown,
-                    }
-                })
-                .await
-                .unwrap_or(Exit::Unknown);
+    async fn supervise(self: Arc<Self>, f: Followed) -> Result<(), ManagerError> {
+        let Followed {
+            live,
+            shim,
+            watched,
+            handle,
+            timeout,
+        } = f;
+        let mut leaving = self.leaving.subscribe();
+        let exited = shim.wait();
+        tokio::pin!(exited);
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
             }
         };
+        tokio::pin!(deadline);
+        let mut timed_out = false;
         loop {
-            match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, c)) => return Exit::Code(c),
-                Ok(WaitStatus::Signaled(_, s, _)) => return Exit::Signal(s as i32),
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return Exit::Unknown,
-            }
-            match fd.readable().await {
-                Ok(mut guard) => guard.clear_ready(),
-                Err(_) => return Exit::Unknown,
-            }
-        }
-    }
-
-    async fn supervise(
-        self: Arc<Self>,
-        live: Arc<Live>,
-        handle: Arc<dyn JobHandle>,
-        pump: tokio::task::JoinHandle<Result<output::OutputWriter, OutputError>>,
-        timeout_ms: u64,
-    ) -> Result<(), ManagerError> {
-        let pid = handle.pid();
-        let exit = Self::wait_exit(pid);
-        tokio::pin!(exit);
-        let exit = if timeout_ms > 0 {
             tokio::select! {
-                e = &mut exit => e,
-                _ = tokio::time::sleep(Duration::from_millis(timeout_ms)) => {
-                    self.begin_stop(&live, StopReason::Timeout(timeout_ms), self.cfg.grace_period_ms);
-                    exit.await
+                () = &mut exited => break,
+                () = &mut deadline, if !timed_out => {
+                    timed_out = true;
+                    let ms = live.record.borrow().spec.as_ref().map_or(0, |s| s.timeout_ms);
+                    self.begin_stop(&live, StopReason::Timeout(ms), self.cfg.grace_period_ms);
+                }
+                _ = leaving.wait_for(|l| *l) => {
+                    // jobd shuts down leaving jobs running: the shim keeps the job, the next
+                    // jobd re-adopts it. Followers end; the record stays `running`.
+                    let _ = self.watcher.unwatch(watched);
+                    live.output.finish();
+                    self.live_map().remove(&live.record.borrow().id);
+                    return Ok(());
                 }
             }
-        } else {
-            exit.await
-        };
-        let oom = handle.oom_killed();
-        // The main process is gone; nothing of the job may outlive it.
-        let _ = handle.signal_all(Signal::SIGKILL);
-        let h = handle.clone();
+        }
         let job_id = live.record.borrow().id.clone();
+        let output_bytes = self.watcher.unwatch(watched).unwrap_or_else(|e| {
+            tracing::error!(job_id, error = %e, "last look at the output");
+            live.output.progress().len
+        });
+        let dir = self.job_dir(&job_id);
+        let record = shim::read_exit(&dir).unwrap_or_else(|e| {
+            tracing::error!(job_id, error = %e, "unreadable exit record");
+            None
+        });
+        let oom = handle.as_ref().is_some_and(|h| h.oom_killed());
+        // The shim is gone: nothing of the job may outlive it.
+        let exec = self.exec.clone();
+        let (h, id) = (handle.clone(), job_id.clone());
         let destroyed = self
             .workers
-            .run("cleanup", &job_id, move || h.destroy())
+            .run("cleanup", &job_id, move || match h {
+                Some(h) => {
+                    let _ = h.signal_all(Signal::SIGKILL);
+                    h.destroy()
+                }
+                None => exec.cleanup(&id, &dir),
+            })
             .await;
         if let Err(e) = destroyed {
-            tracing::error!(job_id = %live.record.borrow().id, error = %e, "cleanup after exit failed");
+            tracing::error!(job_id, error = %e, "cleanup after exit failed");
         }
-        self.children
-            .registered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pid);
-        let writer = match tokio::time::timeout(Duration::from_secs(10), pump).await {
-            Ok(Ok(Ok(w))) => Some(w),
-            Ok(Ok(Err(e))) => {
-                tracing::error!(error = %e, "output pump failed");
-                None
-            }
-            _ => None,
-        };
+        self.register_child(shim.pid, false);
         let mut job = live.record.borrow().clone();
         job.ended_at_ms = now_ms();
         job.oom_killed = oom;
-        job.output_bytes = writer
-            .as_ref()
-            .map_or_else(|| live.output.progress().len, |w| w.len());
-        match exit {
-            Exit::Code(c) => job.exit_code = Some(c),
-            Exit::Signal(s) => job.signal = Some(s),
-            Exit::Unknown => {}
-        }
+        job.output_bytes = output_bytes;
         let stop = live.stop.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        job.state = match (&stop, exit) {
-            (Some(_), _) => JobState::Stopped,
-            (None, Exit::Code(_)) => JobState::Exited,
-            (None, Exit::Signal(_)) => JobState::Killed,
-            (None, Exit::Unknown) => JobState::Failed,
-        } as i32;
-        if let Some(s) = &stop {
-            job.failure_reason = s.describe();
-        } else if matches!(exit, Exit::Unknown) {
-            job.failure_reason = "the job's exit status could not be collected".into();
+        match (&stop, &record) {
+            (Some(s), rec) => {
+                if let Some(rec) = rec {
+                    apply_exit(&mut job, rec);
+                }
+                job.state = JobState::Stopped as i32;
+                job.failure_reason = s.describe();
+            }
+            (None, Some(rec)) => apply_exit(&mut job, rec),
+            (None, None) => {
+                job.state = JobState::Failed as i32;
+                job.failure_reason = format!(
+                    "the job's shim (pid {}) ended without recording the job's exit status: \
+                     the job's processes were killed and its cgroup and mounts removed",
+                    shim.pid
+                );
+            }
         }
         tracing::info!(
             job_id = %job.id, state = job.state, exit_code = ?job.exit_code, signal = ?job.signal,
@@ -677,7 +940,18 @@ impl Manager {
         let live: Vec<Arc<Live>> = self.live_map().values().cloned().collect();
         match self.cfg.shutdown_policy {
             ShutdownPolicy::Leave => {
-                tracing::warn!(running = live.len(), "shutdown: leaving jobs running");
+                tracing::warn!(
+                    running = live.len(),
+                    "shutdown: leaving jobs running; their shims hold them until jobd re-adopts them"
+                );
+                self.leaving.send_replace(true);
+                // Supervisors let go (and take their jobs off the live map) at once.
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while !self.live_map().is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await;
             }
             ShutdownPolicy::Stop => {
                 tracing::info!(running = live.len(), "shutdown: stopping jobs");
@@ -722,4 +996,33 @@ pub fn ensure_dir(path: &Path) -> Result<(), ManagerError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Copies the shim's exit record into a job's record and sets its state from it.
+fn apply_exit(job: &mut Job, rec: &ExitRecord) {
+    job.exit_code = rec.exit_code;
+    job.signal = rec.signal;
+    job.state = match (rec.exit_code, rec.signal) {
+        (Some(_), _) => JobState::Exited,
+        (None, Some(_)) => JobState::Killed,
+        (None, None) => {
+            job.failure_reason = "the job's exit status could not be collected".into();
+            JobState::Failed
+        }
+    } as i32;
+}
+
+/// Whether a job left by a previous jobd had run to its own end: it was running and its shim
+/// recorded the exit.
+fn running_and_recorded(job: &Job, rec: Option<&ExitRecord>) -> bool {
+    job.state == JobState::Running as i32 && rec.is_some()
+}
+
+/// Everything the shim wrote on its report pipe before closing it.
+async fn read_report(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).await?;
+    Ok(buf)
 }

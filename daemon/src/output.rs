@@ -1,32 +1,32 @@
-//! Job output: one append-only file per job is the source of truth, followed by any number of
-//! readers.
+//! Job output as jobd serves it: one append-only file per job (written by the job's shim, see
+//! [`crate::output_store`]) followed by any number of readers.
 //!
-//! The writer (the job's pump, reading the job's stdout and stderr pipes) appends to `output` and
-//! then publishes the new length on a `tokio::sync::watch` channel; followers read the file with
-//! `pread` from their own offset and sleep on that channel when they have caught up. Nothing
-//! polls. A follower that is slow only falls behind in the file: the writer never waits for it, and
-//! it loses nothing, because it reads the file, not a buffer. Each follower sends through a small
-//! bounded channel to its gRPC stream and stops as soon as the client goes away.
-//!
-//! Which bytes came from stdout and which from stderr is kept in a sidecar `output.streams`: a
-//! 9-byte record (u64 LE start offset, u8 stream) each time the stream changes, written before the
-//! bytes it describes. When the output reaches the cap, a marker line (stream `SYSTEM`) ends it and
-//! further output is read from the pipes and discarded, so the job is never blocked by the cap.
+//! jobd learns that the file grew from inotify (one instance for all jobs, [`OutputWatcher`]):
+//! on each event the job's [`OutputTail`] reads the file's length and the new stream-index
+//! records and publishes the new length on a `tokio::sync::watch` channel; followers read the
+//! file with `pread` from their own offset and sleep on that channel when they have caught up.
+//! Nothing polls or sleeps. A follower that is slow only falls behind in the file: the shim never
+//! waits for it, and it loses nothing, because it reads the file, not a buffer. Each follower
+//! sends through a small bounded channel to its gRPC stream and stops as soon as the client goes
+//! away. The same tail picks up a job re-adopted after a jobd restart, from the file.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use proto::{OutputChunk, OutputStream};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-/// The data file's name in a job directory.
-pub const OUTPUT_FILE: &str = "output";
-/// The stream index file's name.
-pub const STREAMS_FILE: &str = "output.streams";
+use crate::output_store::{self, decode_streams, StoreError, STREAM_RECORD};
+pub use crate::output_store::{cap_marker, OUTPUT_FILE, STREAMS_FILE};
+
 /// The largest chunk sent to a client.
 pub const CHUNK: usize = 32 * 1024;
 /// Chunks queued per follower before it waits for its client.
@@ -41,6 +41,10 @@ pub enum OutputError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("watch output {path}: {source}")]
+    Watch { path: PathBuf, source: nix::Error },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutputError + 'a {
@@ -49,11 +53,6 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ou
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// The marker that ends an output cut at the cap.
-pub fn cap_marker(cap: u64) -> String {
-    format!("\n[jobd: output cap of {cap} bytes reached; further output was discarded]\n")
 }
 
 /// Published progress of a job's output.
@@ -73,53 +72,47 @@ struct Inner {
     segments: RwLock<Vec<(u64, OutputStream)>>,
 }
 
-/// A job's output: cheap to clone, shared by the writer and the followers.
+/// A job's output: cheap to clone, shared by its tail and the followers.
 #[derive(Debug, Clone)]
 pub struct OutputLog {
     inner: Arc<Inner>,
 }
 
-fn stream_from_u8(b: u8) -> OutputStream {
-    OutputStream::try_from(b as i32).unwrap_or(OutputStream::Unspecified)
-}
-
 impl OutputLog {
-    /// Creates an empty output in `dir` (truncating nothing: the files must not exist) and its
-    /// writer, which enforces `cap`.
-    pub fn create(dir: &Path, cap: u64) -> Result<(OutputLog, OutputWriter), OutputError> {
-        let path = dir.join(OUTPUT_FILE);
-        let spath = dir.join(STREAMS_FILE);
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io("create", &path))?;
-        let streams = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&spath)
-            .map_err(io("create", &spath))?;
-        let (tx, _) = watch::channel(Progress::default());
-        let log = OutputLog {
+    fn new(path: PathBuf, progress: Progress, segments: Vec<(u64, OutputStream)>) -> OutputLog {
+        OutputLog {
             inner: Arc::new(Inner {
                 path,
-                progress: tx,
-                segments: RwLock::new(Vec::new()),
+                progress: watch::channel(progress).0,
+                segments: RwLock::new(segments),
             }),
-        };
-        let writer = OutputWriter {
+        }
+    }
+
+    /// Creates the empty output files of a new job in `dir` (they must not exist) and the tail
+    /// that follows what the job's shim appends to them.
+    pub fn create(dir: &Path) -> Result<(OutputLog, OutputTail), OutputError> {
+        output_store::create_files(dir)?;
+        Self::resume(dir)
+    }
+
+    /// Follows the output of a job whose shim is (or was) writing it, from what is already
+    /// there: used for new jobs and for jobs re-adopted after a restart.
+    pub fn resume(dir: &Path) -> Result<(OutputLog, OutputTail), OutputError> {
+        let path = dir.join(OUTPUT_FILE);
+        let spath = dir.join(STREAMS_FILE);
+        let file = File::open(&path).map_err(io("open", &path))?;
+        let streams = File::open(&spath).map_err(io("open", &spath))?;
+        let log = OutputLog::new(path, Progress::default(), Vec::new());
+        let mut tail = OutputTail {
             log: log.clone(),
             file,
             streams,
             spath,
-            len: 0,
-            cap,
-            capped: false,
-            current: None,
+            partial: Vec::new(),
         };
-        Ok((log, writer))
+        tail.scan()?;
+        Ok((log, tail))
     }
 
     /// Opens the finished output of a job in `dir` (after a restart). A missing file reads as empty.
@@ -139,22 +132,11 @@ impl OutputLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("open", &spath)(e)),
         }
-        let segments = raw
-            .chunks_exact(9)
-            .map(|r| {
-                let mut off = [0u8; 8];
-                off.copy_from_slice(&r[..8]);
-                (u64::from_le_bytes(off), stream_from_u8(r[8]))
-            })
-            .collect();
-        let (tx, _) = watch::channel(Progress { len, done: true });
-        Ok(OutputLog {
-            inner: Arc::new(Inner {
-                path,
-                progress: tx,
-                segments: RwLock::new(segments),
-            }),
-        })
+        Ok(OutputLog::new(
+            path,
+            Progress { len, done: true },
+            decode_streams(&raw),
+        ))
     }
 
     /// The current progress.
@@ -213,7 +195,7 @@ impl OutputLog {
                 let end = run_end.map_or(p.len, |e| e.min(p.len));
                 let n = ((end - offset) as usize).min(CHUNK);
                 // Read on this task: a bounded pread that the page cache almost always answers
-                // (jobd creates no threads at run time; see manager::Workers).
+                // (a trip to a blocking thread would cost more than the read).
                 let mut data = vec![0u8; n];
                 let got = file.read_at(&mut data, offset).map_err(|e| {
                     Status::internal(format!("read output {}: {e}", path.display()))
@@ -253,123 +235,191 @@ impl OutputLog {
     }
 }
 
-/// The single writer of a job's output.
+/// jobd's reader of a job's output files, which another process (the shim) appends to:
+/// publishes what is there each time it is asked to look.
 #[derive(Debug)]
-pub struct OutputWriter {
+pub struct OutputTail {
     log: OutputLog,
     file: File,
     streams: File,
     spath: PathBuf,
-    len: u64,
-    cap: u64,
-    capped: bool,
-    current: Option<OutputStream>,
+    /// Bytes of an incomplete stream-index record read so far.
+    partial: Vec<u8>,
 }
 
-impl OutputWriter {
-    /// Appends `data` from `stream`, up to the cap; publishes the new length.
-    pub fn write(&mut self, stream: OutputStream, data: &[u8]) -> Result<(), OutputError> {
-        if self.capped || data.is_empty() {
-            return Ok(());
-        }
-        let room = self.cap.saturating_sub(self.len);
-        let take = (data.len() as u64).min(room) as usize;
-        if take > 0 {
-            self.append(stream, &data[..take])?;
-        }
-        if take < data.len() {
-            self.capped = true;
-            let marker = cap_marker(self.cap);
-            self.append(OutputStream::System, marker.as_bytes())?;
-            tracing::warn!(path = %self.log.inner.path.display(), cap = self.cap, "output cap reached");
-        }
-        Ok(())
-    }
-
-    fn append(&mut self, stream: OutputStream, data: &[u8]) -> Result<(), OutputError> {
-        if self.current != Some(stream) {
-            let mut rec = [0u8; 9];
-            rec[..8].copy_from_slice(&self.len.to_le_bytes());
-            rec[8] = stream as i32 as u8;
-            self.streams
-                .write_all(&rec)
-                .map_err(io("write", &self.spath))?;
+impl OutputTail {
+    /// Publishes the output's current length (and the stream records of its bytes); returns it.
+    pub fn scan(&mut self) -> Result<u64, OutputError> {
+        // Length first: the shim writes a byte's stream record before the byte, so every byte
+        // below this length has its record in the index read next.
+        let len = self
+            .file
+            .metadata()
+            .map_err(io("stat", &self.log.inner.path))?
+            .len();
+        let mut raw = std::mem::take(&mut self.partial);
+        self.streams
+            .read_to_end(&mut raw)
+            .map_err(io("read", &self.spath))?;
+        let whole = raw.len() - raw.len() % STREAM_RECORD;
+        if whole > 0 {
             self.log
                 .inner
                 .segments
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((self.len, stream));
-            self.current = Some(stream);
+                .extend(decode_streams(&raw[..whole]));
         }
-        let path = &self.log.inner.path;
-        self.file.write_all(data).map_err(io("write", path))?;
-        self.len += data.len() as u64;
-        let len = self.len;
-        self.log.inner.progress.send_modify(|p| p.len = len);
-        Ok(())
+        self.partial = raw[whole..].to_vec();
+        self.log.inner.progress.send_if_modified(|p| {
+            let grew = len > p.len;
+            if grew {
+                p.len = len;
+            }
+            grew
+        });
+        Ok(len)
     }
 
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Whether the cap was reached.
-    pub fn capped(&self) -> bool {
-        self.capped
-    }
-
-    /// The log this writer appends to.
+    /// The log this tail publishes to.
     pub fn log(&self) -> &OutputLog {
         &self.log
     }
 }
 
-/// Reads a job's stdout and stderr pipes until both reach EOF, appending to `writer`.
-/// Returns the writer; the caller marks the log done once the job's record is final.
-pub async fn pump(
-    mut writer: OutputWriter,
-    stdout: std::os::fd::OwnedFd,
-    stderr: std::os::fd::OwnedFd,
-) -> Result<OutputWriter, OutputError> {
-    use tokio::io::AsyncReadExt;
-    use tokio::net::unix::pipe;
-    let open = |fd| {
-        pipe::Receiver::from_owned_fd(fd).map_err(|source| OutputError::Io {
-            op: "watch pipe of",
-            path: writer.log.inner.path.clone(),
-            source,
-        })
-    };
-    let mut out = open(stdout)?;
-    let mut err = open(stderr)?;
-    let (mut out_open, mut err_open) = (true, true);
-    let mut obuf = vec![0u8; CHUNK];
-    let mut ebuf = vec![0u8; CHUNK];
-    while out_open || err_open {
-        tokio::select! {
-            r = out.read(&mut obuf), if out_open => match r {
-                Ok(0) | Err(_) => out_open = false,
-                Ok(n) => writer.write(OutputStream::Stdout, &obuf[..n])?,
-            },
-            r = err.read(&mut ebuf), if err_open => match r {
-                Ok(0) | Err(_) => err_open = false,
-                Ok(n) => writer.write(OutputStream::Stderr, &ebuf[..n])?,
-            },
+/// The inotify fd, for tokio.
+#[derive(Debug)]
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+type SharedTail = Arc<Mutex<OutputTail>>;
+
+/// One inotify instance for every job's output (the per-user limit on instances is small, on
+/// watches large): each modification of a watched `output` file makes its tail look again.
+#[derive(Debug)]
+pub struct OutputWatcher {
+    fd: AsyncFd<InotifyFd>,
+    tails: Mutex<HashMap<WatchDescriptor, SharedTail>>,
+}
+
+/// A watched job output; give it back to [`OutputWatcher::unwatch`].
+#[derive(Debug)]
+pub struct Watched {
+    wd: WatchDescriptor,
+    tail: SharedTail,
+}
+
+fn lock(t: &SharedTail) -> std::sync::MutexGuard<'_, OutputTail> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl OutputWatcher {
+    /// A watcher and its event task (call inside the tokio runtime).
+    pub fn start() -> std::io::Result<Arc<OutputWatcher>> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        // SAFETY: the AsyncFd owns the Inotify (and its fd), which stays open and the same
+        // for the AsyncFd's whole lifetime.
+        let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let w = Arc::new(OutputWatcher {
+            fd,
+            tails: Mutex::new(HashMap::new()),
+        });
+        // The task keeps the watcher for the life of the process, like the manager that owns it.
+        tokio::spawn(Self::run(w.clone()));
+        Ok(w)
+    }
+
+    fn tails(&self) -> std::sync::MutexGuard<'_, HashMap<WatchDescriptor, SharedTail>> {
+        self.tails.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts following `tail`'s file; what was written before the watch existed is published
+    /// at once.
+    pub fn watch(&self, tail: OutputTail) -> Result<Watched, OutputError> {
+        let path = tail.log.inner.path.clone();
+        let wd = self
+            .fd
+            .get_ref()
+            .0
+            .add_watch(
+                &path,
+                AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
+            )
+            .map_err(|source| OutputError::Watch {
+                path: path.clone(),
+                source,
+            })?;
+        let tail = Arc::new(Mutex::new(tail));
+        self.tails().insert(wd, tail.clone());
+        lock(&tail).scan()?;
+        Ok(Watched { wd, tail })
+    }
+
+    /// Stops following: a last look publishes everything written; returns the final length.
+    pub fn unwatch(&self, w: Watched) -> Result<u64, OutputError> {
+        self.tails().remove(&w.wd);
+        let _ = self.fd.get_ref().0.rm_watch(w.wd);
+        let len = lock(&w.tail).scan()?;
+        Ok(len)
+    }
+
+    async fn run(w: Arc<OutputWatcher>) {
+        loop {
+            let mut guard = match w.fd.readable().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(error = %e, "inotify: output is no longer followed");
+                    return;
+                }
+            };
+            match w.fd.get_ref().0.read_events() {
+                Ok(events) => {
+                    let overflow = events
+                        .iter()
+                        .any(|e| e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW));
+                    let tails: Vec<SharedTail> = if overflow {
+                        w.tails().values().cloned().collect()
+                    } else {
+                        let map = w.tails();
+                        let mut seen = Vec::new();
+                        let mut out = Vec::new();
+                        for e in &events {
+                            if seen.contains(&e.wd) {
+                                continue;
+                            }
+                            seen.push(e.wd);
+                            if let Some(t) = map.get(&e.wd) {
+                                out.push(t.clone());
+                            }
+                        }
+                        out
+                    };
+                    for t in tails {
+                        if let Err(e) = lock(&t).scan() {
+                            tracing::error!(error = %e, "output scan failed");
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::error!(error = %e, "inotify read failed");
+                    guard.clear_ready();
+                }
+            }
         }
     }
-    Ok(writer)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output_store::OutputWriter;
     use std::time::Duration;
 
     async fn collect(mut rx: mpsc::Receiver<Result<OutputChunk, Status>>) -> Vec<OutputChunk> {
@@ -384,64 +434,82 @@ mod tests {
         chunks.iter().flat_map(|c| c.data.clone()).collect()
     }
 
+    /// A new job's output: the log, its tail and the writer the shim would hold.
+    fn new_output(dir: &Path, cap: u64) -> (OutputLog, OutputTail, OutputWriter) {
+        let (log, tail) = OutputLog::create(dir).unwrap();
+        let w = OutputWriter::open(dir, cap).unwrap();
+        (log, tail, w)
+    }
+
     #[tokio::test]
     async fn followers_from_zero_and_offset_get_all_bytes_live() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, mut w) = OutputLog::create(dir.path(), 1 << 30).unwrap();
+        let (log, tail, mut w) = new_output(dir.path(), 1 << 30);
+        let watcher = OutputWatcher::start().unwrap();
+        let watched = watcher.watch(tail).unwrap();
         let early = log.follow(0, true);
         w.write(OutputStream::Stdout, b"hello ").unwrap();
-        let mid = log.follow(3, true);
         let a = tokio::spawn(collect(early));
-        let b = tokio::spawn(collect(mid));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The watcher publishes the write (an inotify event, no polling).
+        let mut rx = log.inner.progress.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|p| p.len == 6))
+            .await
+            .expect("inotify event")
+            .unwrap();
+        let b = tokio::spawn(collect(log.follow(3, true)));
         w.write(OutputStream::Stderr, b"oops ").unwrap();
         w.write(OutputStream::Stdout, &[0u8, 255, 10]).unwrap();
+        assert_eq!(watcher.unwatch(watched).unwrap(), 14);
         log.finish();
         let a = a.await.unwrap();
         let b = b.await.unwrap();
         assert_eq!(bytes(&a), b"hello oops \x00\xff\n");
         assert_eq!(bytes(&b), b"lo oops \x00\xff\n");
-        let streams: Vec<i32> = a.iter().map(|c| c.stream).collect();
-        assert!(streams.starts_with(&[OutputStream::Stdout as i32]));
         assert!(a
             .iter()
             .any(|c| c.stream == OutputStream::Stderr as i32 && c.data == b"oops "));
+        assert_eq!(a[0].stream, OutputStream::Stdout as i32);
         // After the end: everything, then close; and the stream index survives reopening.
         let late = collect(log.follow(0, true)).await;
         assert_eq!(bytes(&late), bytes(&a));
         let reopened = OutputLog::open_finished(dir.path()).unwrap();
         let again = collect(reopened.follow(0, true)).await;
-        assert_eq!(
-            again
-                .iter()
-                .map(|c| (c.offset, c.stream))
-                .collect::<Vec<_>>(),
-            late.iter()
-                .map(|c| (c.offset, c.stream))
-                .collect::<Vec<_>>()
-        );
+        let shape = |v: &[OutputChunk]| v.iter().map(|c| (c.offset, c.stream)).collect::<Vec<_>>();
+        assert_eq!(shape(&again), shape(&late));
     }
 
     #[tokio::test]
-    async fn cap_ends_with_marker_and_discards_the_rest() {
+    async fn resumed_tail_sees_what_was_written_while_nobody_followed() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, mut w) = OutputLog::create(dir.path(), 10).unwrap();
-        w.write(OutputStream::Stdout, b"0123456").unwrap();
-        w.write(OutputStream::Stdout, b"789abcdef").unwrap();
-        w.write(OutputStream::Stdout, b"more").unwrap();
-        assert!(w.capped());
+        let (_, tail, mut w) = new_output(dir.path(), 1 << 20);
+        drop(tail);
+        w.write(OutputStream::Stdout, b"before ").unwrap();
+        w.write(OutputStream::Stderr, b"restart").unwrap();
+        let (log, tail) = OutputLog::resume(dir.path()).unwrap();
+        assert_eq!(log.progress().len, 14);
+        let watcher = OutputWatcher::start().unwrap();
+        let watched = watcher.watch(tail).unwrap();
+        w.write(OutputStream::Stdout, b"!").unwrap();
+        watcher.unwatch(watched).unwrap();
         log.finish();
         let chunks = collect(log.follow(0, true)).await;
-        let mut want = b"0123456789".to_vec();
-        want.extend_from_slice(cap_marker(10).as_bytes());
-        assert_eq!(bytes(&chunks), want);
-        assert_eq!(chunks.last().unwrap().stream, OutputStream::System as i32);
+        assert_eq!(bytes(&chunks), b"before restart!");
+        assert_eq!(
+            chunks.iter().map(|c| c.stream).collect::<Vec<_>>(),
+            [
+                OutputStream::Stdout as i32,
+                OutputStream::Stderr as i32,
+                OutputStream::Stdout as i32
+            ]
+        );
     }
 
     #[tokio::test]
     async fn slow_follower_does_not_block_writer_or_others_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, mut w) = OutputLog::create(dir.path(), 1 << 30).unwrap();
+        let (log, tail, mut w) = new_output(dir.path(), 1 << 30);
+        let watcher = OutputWatcher::start().unwrap();
+        let watched = watcher.watch(tail).unwrap();
         let mut slow = log.follow(0, true);
         let fast = tokio::spawn(collect(log.follow(0, true)));
         let block: Vec<u8> = (0..=255u8).cycle().take(CHUNK * 3 + 17).collect();
@@ -450,6 +518,7 @@ mod tests {
             w.write(OutputStream::Stdout, &block).unwrap();
         }
         assert!(t.elapsed() < Duration::from_secs(5), "writer was slowed");
+        watcher.unwatch(watched).unwrap();
         log.finish();
         let fast = fast.await.unwrap();
         let total = block.len() * 64;
@@ -465,7 +534,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_follower_ends_its_task_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _w) = OutputLog::create(dir.path(), 100).unwrap();
+        let (log, _tail, _w) = new_output(dir.path(), 100);
         let rx = log.follow(0, true);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(log.inner.progress.receiver_count(), 1);
@@ -477,32 +546,5 @@ mod tests {
         })
         .await
         .expect("follower task still alive after its client left");
-    }
-
-    #[tokio::test]
-    async fn pump_keeps_stdout_and_stderr_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, w) = OutputLog::create(dir.path(), 1 << 20).unwrap();
-        let (or, ow) = nix::unistd::pipe().unwrap();
-        let (er, ew) = nix::unistd::pipe().unwrap();
-        let task = tokio::spawn(pump(w, or, er));
-        nix::unistd::write(&ow, b"out").unwrap();
-        drop(ow);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        nix::unistd::write(&ew, b"err").unwrap();
-        drop(ew);
-        let w = task.await.unwrap().unwrap();
-        assert_eq!(w.len(), 6);
-        log.finish();
-        let chunks = collect(log.follow(0, true)).await;
-        assert_eq!(chunks.len(), 2);
-        assert_eq!(
-            (chunks[0].stream, &chunks[0].data[..]),
-            (OutputStream::Stdout as i32, &b"out"[..])
-        );
-        assert_eq!(
-            (chunks[1].stream, &chunks[1].data[..]),
-            (OutputStream::Stderr as i32, &b"err"[..])
-        );
     }
 }

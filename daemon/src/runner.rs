@@ -1,6 +1,7 @@
 //! jobd's executor: each job is an OCI bundle made from the runtime library's secure default
-//! spec, started in-process through `runtime::container` (job-init as the re-exec), on a private
-//! writable overlayfs layer over the shared read-only default rootfs.
+//! spec, on a private writable overlayfs layer over the shared read-only default rootfs. jobd
+//! prepares the bundle here; the job's shim starts it through `runtime::container` (job-init as
+//! the re-exec), see [`crate::shim`].
 //!
 //! Per job, under `DATA/jobs/ID/`:
 //! - `layer/upper`, `layer/work`: the job's private overlay layer (its `/work` and `/tmp` and any
@@ -11,7 +12,6 @@
 //! The container's state lives under `DATA/runtime/ID`, its cgroup at `/jobd/ID`.
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -19,11 +19,11 @@ use nix::fcntl::AtFlags;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::Signal;
 use nix::unistd::{fchownat, Gid, Uid};
-use runtime::container::{self, Container, CreateOptions};
+use runtime::container::Container;
 use serde_json::{json, Value};
 
 use crate::config::LimitValues;
-use crate::executor::{ExecError, Executor, JobHandle, JobStats, LaunchRequest};
+use crate::executor::{ExecError, Executor, JobHandle, JobStats, Launch, LaunchRequest};
 
 /// The cgroup parent of every job.
 pub const CGROUP_PARENT: &str = "/jobd";
@@ -231,29 +231,13 @@ impl RuntimeExecutor {
         Ok(())
     }
 
-    fn create(&self, req: &LaunchRequest, lay: &Layout) -> Result<Container, ExecError> {
+    fn write_config(&self, req: &LaunchRequest, lay: &Layout) -> Result<(), ExecError> {
         let id = &req.job_id;
         let dev = block_device(&req.job_dir);
         let spec = job_spec(req, dev)?;
         let text = serde_json::to_vec_pretty(&spec).map_err(|e| host("encode spec", id, e))?;
         runtime::spec::write_atomic(&lay.bundle.join("config.json"), &text)
-            .map_err(|e| host("write config.json", id, e))?;
-        let devnull: OwnedFd = fs::File::open("/dev/null")
-            .map_err(|e| host("open /dev/null", id, e))?
-            .into();
-        let mut opts = CreateOptions::new(id, &lay.bundle, &self.state_root);
-        opts.stdio = Some([
-            devnull.as_raw_fd(),
-            req.stdout.as_raw_fd(),
-            req.stderr.as_raw_fd(),
-        ]);
-        opts.init_path = self.init_path.clone();
-        let mut c = container::create(&opts).map_err(|e| ExecError::Job(e.to_string()))?;
-        if let Err(e) = c.start() {
-            let _ = c.delete(true);
-            return Err(ExecError::Job(e.to_string()));
-        }
-        Ok(c)
+            .map_err(|e| host("write config.json", id, e))
     }
 
     fn teardown(&self, job_id: &str, job_dir: &Path) -> Result<(), ExecError> {
@@ -303,30 +287,52 @@ impl RuntimeExecutor {
 }
 
 impl Executor for RuntimeExecutor {
-    fn launch(&self, req: LaunchRequest) -> Result<Box<dyn JobHandle>, ExecError> {
+    fn prepare(&self, req: LaunchRequest) -> Result<Launch, ExecError> {
         let lay = layout(&req.job_dir);
-        let started = self
+        let prepared = self
             .prepare(&req, &lay)
-            .and_then(|()| self.create(&req, &lay));
-        match started {
-            Ok(c) => Ok(Box::new(RuntimeHandle {
-                job_id: req.job_id.clone(),
-                job_dir: req.job_dir.clone(),
-                pid: c.pid(),
-                pid_start: c.state().pid_start_time,
-                cgroup_path: c.state().cgroup_path.clone(),
-                exec: self.clone(),
-            })),
+            .and_then(|()| self.write_config(&req, &lay));
+        match prepared {
+            Ok(()) => Ok(Launch::Container {
+                id: req.job_id.clone(),
+                bundle: lay.bundle,
+                state_root: self.state_root.clone(),
+                init: self.init_path.clone(),
+            }),
             Err(e) => {
                 if let Err(t) = self.teardown(&req.job_id, &req.job_dir) {
-                    tracing::warn!(job_id = %req.job_id, error = %t, "cleanup after failed launch");
+                    tracing::warn!(job_id = %req.job_id, error = %t, "cleanup after failed prepare");
                 }
                 Err(e)
             }
         }
     }
 
-    fn cleanup_stale(&self, job_id: &str, job_dir: &Path) -> Result<(), ExecError> {
+    fn handle(
+        &self,
+        job_id: &str,
+        job_dir: &Path,
+        pid: i32,
+        pid_start: u64,
+    ) -> Result<Box<dyn JobHandle>, ExecError> {
+        // The path job_spec put in config.json; resolving it again costs nothing.
+        let cgroup_path = runtime::cgroups::resolve_path(
+            Some(Path::new(&format!("{CGROUP_PARENT}/{job_id}"))),
+            job_id,
+            false,
+        )
+        .map_err(|e| host("cgroup path", job_id, e))?;
+        Ok(Box::new(RuntimeHandle {
+            job_id: job_id.to_string(),
+            job_dir: job_dir.to_path_buf(),
+            pid,
+            pid_start,
+            cgroup_path,
+            exec: self.clone(),
+        }))
+    }
+
+    fn cleanup(&self, job_id: &str, job_dir: &Path) -> Result<(), ExecError> {
         self.teardown(job_id, job_dir)
     }
 }
@@ -388,10 +394,11 @@ impl JobHandle for RuntimeHandle {
             .cgroup()?
             .stats()
             .map_err(|e| host("stats", &self.job_id, e))?;
-        let v2 = matches!(
-            runtime::cgroups::host_version(),
-            Ok(runtime::cgroups::Version::V2)
-        );
+        let version =
+            runtime::cgroups::host_version().map_err(|e| host("stats", &self.job_id, e))?;
+        // CPU and memory in one set of units whatever the cgroup version (the runtime's
+        // `events --stats` normalisation); block IO straight from libcgroups, in bytes on both.
+        let n = runtime::stats::normalize(&self.job_id, &s, version).data;
         let io = |op: &str| {
             s.blkio
                 .service_bytes
@@ -405,17 +412,12 @@ impl JobHandle for RuntimeHandle {
                 .sum::<u64>()
         };
         Ok(JobStats {
-            // v1 reports nanoseconds, v2 microseconds.
-            cpu_usage_ns: if v2 {
-                s.cpu.usage.usage_total.saturating_mul(1000)
-            } else {
-                s.cpu.usage.usage_total
-            },
-            memory_current_bytes: s.memory.memory.usage,
-            memory_peak_bytes: s.memory.memory.max_usage.max(s.memory.memory.usage),
+            cpu_usage_ns: n.cpu.usage.total,
+            memory_current_bytes: n.memory.usage.usage,
+            memory_peak_bytes: n.memory.usage.max.max(n.memory.usage.usage),
             io_read_bytes: io("read"),
             io_write_bytes: io("write"),
-            pids_current: s.pids.current,
+            pids_current: n.pids.current,
         })
     }
 
@@ -463,7 +465,7 @@ pub(crate) mod tests {
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "runtime tests failed:\n{text}");
-        assert!(text.contains("test result: ok. 6 passed"), "{text}");
+        assert!(text.contains("test result: ok. 7 passed"), "{text}");
     }
 
     /// A static busybox rootfs for tests (jobd itself uses the rootfs-builder default rootfs).
@@ -787,5 +789,90 @@ pub(crate) mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// Nothing of job `id` on the host: cgroup, mount, runtime state, shim.
+    fn assert_gone(h: &Harness, id: &str) {
+        let cg =
+            runtime::cgroups::Cgroup::open(Path::new(&format!("{CGROUP_PARENT}/{id}")), false, id)
+                .unwrap();
+        assert!(!cg.exists(), "cgroup of {id} left");
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(id), "mount of {id} left");
+        assert!(!h.cfg.data_dir.join("runtime").join(id).exists());
+        let shims = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(id))
+                    && fs::read_to_string(e.path().join("stat"))
+                        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").contains(" Z "))
+            })
+            .count();
+        assert_eq!(shims, 0, "a shim of {id} is still running");
+    }
+
+    async fn first_chunk(c: &mut JobServiceClient<Channel>, id: &str) -> Vec<u8> {
+        let mut s = c
+            .stream_output(StreamOutputRequest {
+                job_id: id.into(),
+                offset: 0,
+                no_follow: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        s.message().await.unwrap().unwrap().data
+    }
+
+    /// `shutdown_policy = "leave"`: the job runs on in its shim and the next jobd follows it to
+    /// its end; `"stop"`: shutdown stops it and nothing is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "run by runtime_tests_in_their_own_process"]
+    async fn runtime_shutdown_leave_readopts_and_stop_stops() {
+        let Some(mut h) = runtime_harness(|c| {
+            c.shutdown_policy = crate::config::ShutdownPolicy::Leave;
+        })
+        .await
+        else {
+            return;
+        };
+        let mut c = h.client("root", "admin").await;
+        let job = start(&mut c, sh("echo a; sleep 1; echo b >&2; exit 4")).await;
+        assert_eq!(first_chunk(&mut c, &job.id).await, b"a\n");
+        // The daemon after this restart stops its jobs when it shuts down.
+        h.cfg.shutdown_policy = crate::config::ShutdownPolicy::Stop;
+        h.restart().await;
+        let mut c = h.client("root", "admin").await;
+        let (done, out) = finish(&mut c, &job.id).await;
+        assert_eq!(out, b"a\nb\n");
+        assert_eq!(
+            (done.state, done.exit_code),
+            (JobState::Exited as i32, Some(4)),
+            "{done:?}"
+        );
+        assert_gone(&h, &job.id);
+
+        let held = start(&mut c, sh("echo s; sleep 1000")).await;
+        assert_eq!(first_chunk(&mut c, &held.id).await, b"s\n");
+        h.restart().await;
+        let mut c = h.client("root", "admin").await;
+        let rec = c
+            .get_job(GetJobRequest {
+                job_id: held.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(rec.state, JobState::Stopped as i32, "{rec:?}");
+        assert!(
+            rec.failure_reason.contains("shut down"),
+            "{}",
+            rec.failure_reason
+        );
+        assert_gone(&h, &held.id);
     }
 }

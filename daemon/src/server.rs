@@ -133,12 +133,12 @@ pub async fn start(cfg: Config, exec: Arc<dyn Executor>) -> Result<Running, Serv
             source,
         },
     )?;
-    let manager = Manager::new(cfg.clone(), db, exec);
+    let manager = Manager::new(cfg.clone(), db, exec)?;
     let recovered = manager.recover().await?;
     if recovered > 0 {
         tracing::warn!(
             jobs = recovered,
-            "cleaned up jobs left running by a previous jobd"
+            "settled jobs a previous jobd left running (re-adopted, finalised or cleaned up)"
         );
     }
     let listener = TcpListener::bind(cfg.listen)

@@ -1,13 +1,11 @@
 //! Test support: a harness that runs a real jobd (TLS, certificates, database) on an ephemeral
 //! port, and clients with chosen identities.
 //!
-//! [`HostExecutor`] runs commands as plain host processes WITHOUT any isolation: it exists only
-//! so that the service, manager and output paths can be tested without root; jobd itself uses
-//! [`crate::runner::RuntimeExecutor`].
+//! [`HostExecutor`] runs commands as plain host processes WITHOUT any isolation (through the
+//! real `jobd-shim`, in its `host` mode): it exists only so that the service, manager, shim and
+//! output paths can be tested without root; jobd itself uses [`crate::runner::RuntimeExecutor`].
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use nix::sys::signal::{killpg, Signal};
@@ -17,7 +15,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::certs::{self, Ca, Purpose};
 use crate::config::Config;
-use crate::executor::{ExecError, Executor, JobHandle, JobStats, LaunchRequest};
+use crate::executor::{ExecError, Executor, JobHandle, JobStats, Launch, LaunchRequest};
 use crate::server::{self, Running};
 
 /// Unisolated executor for tests (see the module docs).
@@ -30,7 +28,7 @@ struct HostHandle {
 }
 
 impl Executor for HostExecutor {
-    fn launch(&self, req: LaunchRequest) -> Result<Box<dyn JobHandle>, ExecError> {
+    fn prepare(&self, req: LaunchRequest) -> Result<Launch, ExecError> {
         let work = req.job_dir.join("work");
         std::fs::create_dir_all(&work).map_err(|e| ExecError::Host {
             op: "create work dir",
@@ -42,31 +40,24 @@ impl Executor for HostExecutor {
                 .unpack(&work)
                 .map_err(|e| ExecError::Job(format!("unpack input: {e}")))?;
         }
-        let mut cmd = Command::new(&req.argv[0]);
-        cmd.args(&req.argv[1..])
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(req.stdout))
-            .stderr(Stdio::from(req.stderr))
-            .process_group(0);
-        for kv in &req.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                cmd.env(k, v);
-            }
-        }
-        let child = cmd.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ExecError::Job(format!("executable not found: {}", req.argv[0]))
-            } else {
-                ExecError::Job(format!("exec {}: {e}", req.argv[0]))
-            }
-        })?;
-        Ok(Box::new(HostHandle {
-            pid: child.id() as i32,
-        }))
+        Ok(Launch::Host {
+            argv: req.argv,
+            env: req.env,
+            cwd: work,
+        })
     }
 
-    fn cleanup_stale(&self, _job_id: &str, _job_dir: &std::path::Path) -> Result<(), ExecError> {
+    fn handle(
+        &self,
+        _job_id: &str,
+        _job_dir: &std::path::Path,
+        pid: i32,
+        _pid_start: u64,
+    ) -> Result<Box<dyn JobHandle>, ExecError> {
+        Ok(Box::new(HostHandle { pid }))
+    }
+
+    fn cleanup(&self, _job_id: &str, _job_dir: &std::path::Path) -> Result<(), ExecError> {
         Ok(())
     }
 }
@@ -98,6 +89,23 @@ impl JobHandle for HostHandle {
         let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
         Ok(())
     }
+}
+
+/// The `jobd-shim` binary of this workspace's target directory (built by
+/// `cargo build --workspace --bins`).
+pub fn shim_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory")
+        .join(crate::shim::BINARY);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
 }
 
 /// A jobd on 127.0.0.1 with an ephemeral port, in a temporary data directory.
@@ -140,6 +148,7 @@ impl Harness {
             data_dir: dir.path().join("data"),
             client_identity_dir: Some(dir.path().join("client")),
             grace_period_ms: 2000,
+            shim: Some(shim_binary()),
             ..Config::default()
         };
         tweak(&mut cfg);

@@ -1,6 +1,7 @@
 //! The real `jobd` binary as a separate process (root only): zero-config certificates, the
 //! default rootfs from rootfs-builder, a python3 job with an uploaded script, and `kill -9` of
-//! the daemon followed by a restart on the same data directory.
+//! the daemon (and of jobs' shims) followed by restarts on the same data directory: running jobs
+//! are re-adopted and followed to their end, with every byte of their output.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, job_init};
+use common::{busybox_rootfs, free_port, job_init, leftovers, pids_with_cmdline, CleanJobs};
 
 use proto::job_service_client::JobServiceClient;
 use proto::*;
@@ -30,6 +31,10 @@ impl Drop for Jobd {
 }
 
 fn spawn_jobd(dir: &Path, port: u16) -> Jobd {
+    spawn_jobd_with(dir, port, &[])
+}
+
+fn spawn_jobd_with(dir: &Path, port: u16, extra: &[&str]) -> Jobd {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
@@ -38,6 +43,7 @@ fn spawn_jobd(dir: &Path, port: u16) -> Jobd {
     let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
         .args(["--data-dir", dir.join("data").to_str().unwrap()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .env("HOME", dir.join("home"))
         .env("JOB_RUNTIME_INIT", job_init())
         .env("JOBD_LOG", "info")
@@ -205,14 +211,25 @@ async fn jobd_zero_config_python_and_kill9_restart() {
     let again = get(&mut c, &j.id).await;
     assert_eq!(again, done, "a finished job's record survives kill -9");
     assert_eq!(all_output(&mut c, &j.id, true).await, out, "and its output");
+    // The running job was re-adopted (its shim held it); stopping it works as before.
     let r = get(&mut c, &running.id).await;
-    assert_eq!(r.state, JobState::Failed as i32, "{r:?}");
-    assert!(
-        r.failure_reason.contains("jobd restarted"),
-        "{}",
-        r.failure_reason
-    );
-    assert_eq!(all_output(&mut c, &running.id, true).await, b"started\n");
+    assert_eq!(r.state, JobState::Running as i32, "{r:?}");
+    assert_eq!(all_output(&mut c, &running.id, false).await, b"started\n");
+    let stopped = c
+        .stop_job(StopJobRequest {
+            job_id: running.id.clone(),
+            grace_period_ms: 200,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(stopped.state, JobState::Stopped as i32, "{stopped:?}");
+    // (sh may add "Terminated" for its sleep.)
+    assert!(all_output(&mut c, &running.id, true)
+        .await
+        .starts_with(b"started\n"));
     // Nothing of it is left: processes, cgroup, overlay mount.
     let deadline = Instant::now() + Duration::from_secs(10);
     for pid in &job_pids {
@@ -222,7 +239,7 @@ async fn jobd_zero_config_python_and_kill9_restart() {
         {
             assert!(
                 Instant::now() < deadline,
-                "pid {pid} of the stale job survived"
+                "pid {pid} of the stopped job survived"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -230,7 +247,7 @@ async fn jobd_zero_config_python_and_kill9_restart() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&running.id),
-        "overlay of the stale job still mounted"
+        "overlay of the stopped job still mounted"
     );
 
     // SIGTERM: orderly exit.
@@ -241,4 +258,222 @@ async fn jobd_zero_config_python_and_kill9_restart() {
     .unwrap();
     let st = jobd.child.wait().unwrap();
     assert!(st.success(), "jobd exit status {st}");
+}
+
+async fn wait_final(c: &mut JobServiceClient<Channel>, id: &str) -> Job {
+    let mut w = c
+        .watch_job(WatchJobRequest { job_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(60), w.message())
+        .await
+        .expect("watch timed out")
+        .unwrap()
+    {
+        last = ev.job;
+    }
+    match last {
+        Some(j) => j,
+        None => get(c, id).await,
+    }
+}
+
+/// Waits (bounded) until nothing of `id` is left on the host.
+async fn assert_cleaned(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = leftovers(id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "job {id} left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Follows a job's output until it contains `needle`; returns the open stream.
+async fn output_until(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+    needle: &[u8],
+) -> tonic::Streaming<OutputChunk> {
+    let mut s = c
+        .stream_output(StreamOutputRequest {
+            job_id: id.into(),
+            offset: 0,
+            no_follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let ch = tokio::time::timeout(Duration::from_secs(30), s.message())
+            .await
+            .expect("output timed out")
+            .unwrap()
+            .expect("output ended early");
+        got.extend_from_slice(&ch.data);
+    }
+    s
+}
+
+fn shim_of(id: &str) -> i32 {
+    let pids = pids_with_cmdline(&["jobd-shim", id]);
+    assert_eq!(pids.len(), 1, "shims of {id}: {pids:?}");
+    pids[0]
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// kill -9 of jobd (and of one job's shim) while jobs run and write; graceful `leave`
+/// shutdowns; restarts re-adopt what can be, finalise what ended meanwhile and clean the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_and_leave_restarts_readopt_running_jobs() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let dir = tmp.path();
+    let rootfs = busybox_rootfs(dir).expect("busybox for the test rootfs");
+    let config = dir.join("jobd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "rootfs = \"{}\"\nshutdown_policy = \"leave\"\ngrace_period_ms = 500\n",
+            rootfs.display()
+        ),
+    )
+    .unwrap();
+    let cfg = ["--config", config.to_str().unwrap()];
+    let port = free_port();
+    let mut jobd = spawn_jobd_with(dir, port, &cfg);
+    let mut c = connect(&jobd, dir).await;
+
+    // A writes a line every 50 ms for 2 s, also while jobd is down, then exits 3.
+    let writer = start(
+        &mut c,
+        sh("i=0; while [ $i -lt 40 ]; do echo line $i; i=$((i+1)); sleep 0.05; done; exit 3"),
+    )
+    .await;
+    // B would sleep for ever; its 2.5 s timeout must still fire after the restart.
+    let mut timed = sh("echo b; sleep 1000");
+    timed.timeout_ms = 2500;
+    let timed = start(&mut c, timed).await;
+    // C loses its shim together with jobd; D loses its shim while jobd runs.
+    let orphan = start(&mut c, sh("echo c; sleep 1000")).await;
+    let lost = start(&mut c, sh("echo d; sleep 1000")).await;
+    // Declared after jobd, so dropped (on a panic too) before it.
+    let mut cleanup = CleanJobs::default();
+    for j in [&writer, &timed, &orphan, &lost] {
+        cleanup.0.push(j.id.clone());
+        assert_eq!(j.state, JobState::Running as i32, "{j:?}");
+    }
+    let s = output_until(&mut c, &writer.id, b"line 0\n").await;
+
+    // The shim inherited nothing of jobd: stdio on /dev/null, no socket, not the database.
+    let shim = shim_of(&timed.id);
+    for fd in std::fs::read_dir(format!("/proc/{shim}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap();
+        let (n, t) = (fd.file_name(), target.to_string_lossy().into_owned());
+        assert!(
+            !t.starts_with("socket:") && !t.contains("jobs.db"),
+            "shim fd {n:?} -> {t}"
+        );
+        if ["0", "1", "2"].contains(&n.to_str().unwrap()) {
+            assert_eq!(t, "/dev/null", "shim fd {n:?}");
+        }
+    }
+    kill9(shim_of(&lost.id));
+    let d = wait_final(&mut c, &lost.id).await;
+    assert_eq!(d.state, JobState::Failed as i32, "{d:?}");
+    assert!(
+        d.failure_reason.contains("shim") && d.failure_reason.contains("without recording"),
+        "{}",
+        d.failure_reason
+    );
+    assert_cleaned(&lost.id).await;
+
+    let orphan_shim = shim_of(&orphan.id);
+    jobd.child.kill().unwrap(); // SIGKILL
+    jobd.child.wait().unwrap();
+    kill9(orphan_shim);
+    drop((c, s));
+    // The writer keeps writing while no jobd runs.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let mut jobd = spawn_jobd_with(dir, port, &cfg);
+    let mut c = connect(&jobd, dir).await;
+    let out = all_output(&mut c, &writer.id, true).await;
+    let want: String = (0..40).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        want,
+        "every byte, written before, during and after the restart"
+    );
+    let a = wait_final(&mut c, &writer.id).await;
+    assert_eq!(
+        (a.state, a.exit_code),
+        (JobState::Exited as i32, Some(3)),
+        "{a:?}"
+    );
+    assert_eq!(a.output_bytes, want.len() as u64);
+
+    let b = wait_final(&mut c, &timed.id).await;
+    assert_eq!(b.state, JobState::Stopped as i32, "{b:?}");
+    assert!(b.failure_reason.contains("timeout"), "{}", b.failure_reason);
+    assert!(b.ended_at_ms - b.started_at_ms >= 2500, "{b:?}");
+
+    let o = get(&mut c, &orphan.id).await;
+    assert_eq!(o.state, JobState::Failed as i32, "{o:?}");
+    assert!(
+        o.failure_reason.contains("jobd restarted") && o.failure_reason.contains("shim was gone"),
+        "{}",
+        o.failure_reason
+    );
+    assert_eq!(all_output(&mut c, &orphan.id, true).await, b"c\n");
+    for id in [&writer.id, &timed.id, &orphan.id] {
+        assert_cleaned(id).await;
+    }
+
+    // Graceful shutdown with shutdown_policy = "leave": the job runs on, the next jobd
+    // re-adopts it and sees it to its end.
+    let left = start(&mut c, sh("echo e1; sleep 1; echo e2; exit 5")).await;
+    cleanup.0.push(left.id.clone());
+    let s = output_until(&mut c, &left.id, b"e1\n").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(jobd.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(jobd.child.wait().unwrap().success());
+    drop((c, s));
+    assert_eq!(
+        pids_with_cmdline(&["jobd-shim", &left.id]).len(),
+        1,
+        "the shim holds the job"
+    );
+    let jobd = spawn_jobd_with(dir, port, &cfg);
+    let mut c = connect(&jobd, dir).await;
+    assert_eq!(all_output(&mut c, &left.id, true).await, b"e1\ne2\n");
+    let e = wait_final(&mut c, &left.id).await;
+    assert_eq!(
+        (e.state, e.exit_code),
+        (JobState::Exited as i32, Some(5)),
+        "{e:?}"
+    );
+    assert_cleaned(&left.id).await;
 }

@@ -312,6 +312,11 @@ if [[ -n "${CARGO_TESTS// /}" ]]; then
   [[ "$LANE_ONLY" == 1 ]] && die "V2LANE_LANE_ONLY=1 with cargo tests: they need job-init"
   mkdir -p "$SHARE/sysroot/opt/v2lane/target/deps"
   cp "$BIN_DIR/job-init" "$SHARE/sysroot/opt/v2lane/target/job-init"
+  # The daemon's tests start jobs through jobd-shim, which they look for in the same place.
+  if [[ -x "$BIN_DIR/jobd-shim" ]]; then
+    copy_with_libs "$BIN_DIR/jobd-shim"
+    mv "$SHARE/sysroot/usr/local/bin/jobd-shim" "$SHARE/sysroot/opt/v2lane/target/jobd-shim"
+  fi
   for entry in $CARGO_TESTS; do
     exe="${entry%%:*}"; filter=""; [[ "$entry" == *:* ]] && filter="${entry#*:}"
     [[ -x "$exe" ]] || die "cargo test executable $exe missing"

@@ -184,7 +184,8 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
 }
 
 fn serve(cfg: Config) -> anyhow::Result<()> {
-    // Orphaned descendants of jobs come to jobd, not to PID 1.
+    // Orphaned descendants of jobs (e.g. of a job whose shim was killed) come to jobd, not to
+    // PID 1.
     // SAFETY: prctl with integer arguments only.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc != 0 {
@@ -192,8 +193,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Blocking-pool threads, once made, stay: fewer thread creations racing container
-        // launches (see the launcher in daemon::manager).
+        // Blocking-pool threads, once made, stay: no thread churn under load.
         .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .build()
         .context("tokio runtime")?;
