@@ -16,7 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::AtFlags;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::Signal;
 use nix::unistd::{fchownat, Gid, Uid};
 use runtime::container::Container;
@@ -208,27 +208,17 @@ impl RuntimeExecutor {
             })?;
         }
         chown_tree(&wd, owner, id)?;
-        let opts = format!(
+        Ok(())
+    }
+
+    /// The overlay the shim mounts on `BUNDLE/rootfs` in its own mount namespace.
+    fn overlay_options(&self, lay: &Layout) -> String {
+        format!(
             "lowerdir={},upperdir={},workdir={}",
             self.rootfs.display(),
             lay.upper.display(),
             lay.work.display()
-        );
-        mount(
-            Some("overlay"),
-            &lay.merged,
-            Some("overlay"),
-            MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-            Some(opts.as_str()),
         )
-        .map_err(|e| {
-            host(
-                "mount overlay",
-                id,
-                format!("{}: {e}", lay.merged.display()),
-            )
-        })?;
-        Ok(())
     }
 
     fn write_config(&self, req: &LaunchRequest, lay: &Layout) -> Result<(), ExecError> {
@@ -294,6 +284,7 @@ impl Executor for RuntimeExecutor {
             .and_then(|()| self.write_config(&req, &lay));
         match prepared {
             Ok(()) => Ok(Launch::Container {
+                overlay: Some(self.overlay_options(&lay)),
                 id: req.job_id.clone(),
                 bundle: lay.bundle,
                 state_root: self.state_root.clone(),
@@ -465,7 +456,7 @@ pub(crate) mod tests {
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "runtime tests failed:\n{text}");
-        assert!(text.contains("test result: ok. 7 passed"), "{text}");
+        assert!(text.contains("test result: ok. 8 passed"), "{text}");
     }
 
     /// A static busybox rootfs for tests (jobd itself uses the rootfs-builder default rootfs).
@@ -792,6 +783,62 @@ pub(crate) mod tests {
     }
 
     /// Nothing of job `id` on the host: cgroup, mount, runtime state, shim.
+    #[tokio::test]
+    #[ignore = "run by runtime_tests_in_their_own_process"]
+    async fn runtime_job_overlay_lives_only_in_the_shims_mount_namespace() {
+        let Some(h) = runtime_harness(|_| {}).await else {
+            return;
+        };
+        let mut c = h.client("root", "admin").await;
+        let job = start(
+            &mut c,
+            sh("n=$(grep -c ' / / .* - overlay ' /proc/self/mountinfo); echo \"$n up\"; sleep 1000"),
+        )
+        .await;
+        // The job's root is its overlay.
+        assert_eq!(first_chunk(&mut c, &job.id).await, b"1 up\n");
+        // jobd's (this test process's) namespace has no mount of the job ...
+        let ours = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !ours.contains(&job.id),
+            "the job's overlay is in jobd's namespace"
+        );
+        // ... the shim's has the overlay, in a mount namespace that is not jobd's.
+        let shim = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .find(|e| {
+                fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains(crate::shim::BINARY) && c.contains(&job.id)
+                })
+            })
+            .expect("the job's shim runs")
+            .path();
+        let theirs = fs::read_to_string(shim.join("mountinfo")).unwrap();
+        let overlay = theirs
+            .lines()
+            .find(|l| l.contains(&job.id) && l.contains(" - overlay "))
+            .unwrap_or_else(|| panic!("no overlay in the shim's namespace:\n{theirs}"));
+        assert!(overlay.contains("bundle/rootfs"), "{overlay}");
+        assert_ne!(
+            fs::read_link("/proc/self/ns/mnt").unwrap(),
+            fs::read_link(shim.join("ns/mnt")).unwrap()
+        );
+        let stopped = c
+            .stop_job(StopJobRequest {
+                job_id: job.id.clone(),
+                grace_period_ms: 200,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(stopped.state, JobState::Stopped as i32, "{stopped:?}");
+        assert_gone(&h, &job.id);
+    }
+
     fn assert_gone(h: &Harness, id: &str) {
         let cg =
             runtime::cgroups::Cgroup::open(Path::new(&format!("{CGROUP_PARENT}/{id}")), false, id)
