@@ -275,9 +275,17 @@ mkdir -p "$SHARE/sysroot/usr/local/bin"
 cp "$HERE/guest-tests.sh" "$SHARE/guest-tests.sh"
 [[ $MODE == systemd ]] && cp "$HERE/systemd-tests.sh" "$SHARE/systemd-tests.sh"
 : >"$SHARE/results.txt"
+copy_stripped() {  # copy executable $1 to $2 without debug info: the guest copies the share
+  # into a RAM-backed root, and debug builds are 70-190 MB each with it, 10-20 MB without
+  if command -v objcopy >/dev/null; then
+    objcopy --strip-debug "$1" "$2"
+  else
+    cp "$1" "$2"
+  fi
+}
 copy_with_libs() {  # copy binary $1 to sysroot/usr/local/bin with its ldd closure at the same paths
   local bin="$1" lib
-  cp "$bin" "$SHARE/sysroot/usr/local/bin/"
+  copy_stripped "$bin" "$SHARE/sysroot/usr/local/bin/$(basename "$bin")"
   { ldd "$bin" 2>/dev/null || true; } | { grep -oE '(/[^ ]+)' || true; } | while read -r lib; do
     [[ -e "$lib" ]] || continue
     mkdir -p "$SHARE/sysroot$(dirname "$lib")"
@@ -311,7 +319,7 @@ fi
 if [[ -n "${CARGO_TESTS// /}" ]]; then
   [[ "$LANE_ONLY" == 1 ]] && die "V2LANE_LANE_ONLY=1 with cargo tests: they need job-init"
   mkdir -p "$SHARE/sysroot/opt/v2lane/target/deps"
-  cp "$BIN_DIR/job-init" "$SHARE/sysroot/opt/v2lane/target/job-init"
+  copy_stripped "$BIN_DIR/job-init" "$SHARE/sysroot/opt/v2lane/target/job-init"
   # The daemon's tests start jobs through jobd-shim, which they look for in the same place.
   if [[ -x "$BIN_DIR/jobd-shim" ]]; then
     copy_with_libs "$BIN_DIR/jobd-shim"
