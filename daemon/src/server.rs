@@ -34,8 +34,6 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("grpc server: {0}")]
-    Serve(#[from] tonic::transport::Error),
     #[error("set permissions of {path}: {source}")]
     Perms {
         path: PathBuf,
@@ -83,7 +81,7 @@ pub struct Running {
     /// Its job manager.
     pub manager: Arc<Manager>,
     shutdown: watch::Sender<bool>,
-    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    serve: JoinHandle<()>,
 }
 
 impl Running {
@@ -93,9 +91,8 @@ impl Running {
         tracing::info!("shutting down");
         self.shutdown.send_replace(true);
         self.manager.shutdown().await;
-        match self.serve.await {
-            Ok(r) => r?,
-            Err(e) => tracing::error!(error = %e, "server task failed"),
+        if let Err(e) = self.serve.await {
+            tracing::error!(error = %e, "server task failed");
         }
         Ok(())
     }
@@ -104,6 +101,78 @@ impl Running {
     /// network side; the jobs' supervisors keep running in this process).
     pub fn abort(&self) {
         self.serve.abort();
+    }
+}
+
+/// The most response data HTTP/2 buffers for one stream before it stops taking more from the
+/// stream's follower (hyper's default is 400 KiB). With 1,000 streams of one job, each
+/// buffered output chunk costs 32 MB; one chunk in h2 and one in the follower's queue keep a
+/// connection busy.
+const STREAM_SEND_BUFFER: usize = 32 * 1024;
+/// How long shutdown waits for open connections to finish their calls.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// HTTP/2 pings on idle connections.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves gRPC over the accepted TLS connections until `stop`, then lets open calls end
+/// (streams are ended by the service on shutdown). jobd drives hyper itself instead of
+/// `tonic::transport::Server` because tonic does not expose the per-stream send buffer.
+async fn serve_http2(
+    mut incoming: impl tokio_stream::Stream<
+            Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+        > + Unpin,
+    grpc: JobServiceServer<Service>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tokio_stream::StreamExt;
+    use tonic::transport::server::Connected;
+    let routes = tonic::service::Routes::new(grpc).prepare();
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_send_buf_size(STREAM_SEND_BUFFER)
+        .keep_alive_interval(KEEPALIVE);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            s = incoming.next() => match s {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+                None => break,
+            },
+            _ = stop.wait_for(|v| *v) => break,
+        };
+        // What `Request::peer_certs` reads: the verified client chain of this connection.
+        let info = stream.connect_info();
+        let routes = routes.clone();
+        let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(info.clone());
+            let mut routes = routes.clone();
+            async move { tower::Service::call(&mut routes, req).await }
+        });
+        let conn = http2.serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(svc),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // Stop accepting first, then give open connections a bounded time to finish their calls
+    // (the service ends its streams on shutdown; GOAWAY tells clients not to start new ones).
+    drop(incoming);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period; closing them");
     }
 }
 
@@ -159,15 +228,7 @@ pub async fn start(cfg: Config, exec: Arc<dyn Executor>) -> Result<Running, Serv
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     let incoming = tls::incoming(listener, tls_config);
-    let mut stop = rx;
-    let serve = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_service(grpc)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|v| *v).await;
-            }),
-    );
+    let serve = tokio::spawn(serve_http2(incoming, grpc, rx));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "jobd listening");
     Ok(Running {
         addr,
