@@ -821,6 +821,8 @@ pub(crate) mod tests {
             .find(|l| l.contains(&job.id) && l.contains(" - overlay "))
             .unwrap_or_else(|| panic!("no overlay in the shim's namespace:\n{theirs}"));
         assert!(overlay.contains("bundle/rootfs"), "{overlay}");
+        // Thrown away after the job: no syncfs of the data directory's filesystem at unmount.
+        assert!(overlay.contains("volatile"), "{overlay}");
         assert_ne!(
             fs::read_link("/proc/self/ns/mnt").unwrap(),
             fs::read_link(shim.join("ns/mnt")).unwrap()
