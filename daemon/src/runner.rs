@@ -677,16 +677,7 @@ pub(crate) mod tests {
         .unwrap();
         let pids = cg.pids().unwrap();
         assert!(pids.len() >= 4, "{pids:?}");
-        let stopped = c
-            .stop_job(StopJobRequest {
-                job_id: job.id.clone(),
-                grace_period_ms: 500,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
+        let stopped = stop(&mut c, &job.id, 500).await;
         assert_eq!(stopped.state, JobState::Stopped as i32, "{stopped:?}");
         for pid in pids {
             let alive = Path::new(&format!("/proc/{pid}")).exists()
@@ -774,15 +765,9 @@ pub(crate) mod tests {
         assert!(s.cpu_usage_ns > 1_000_000, "{s:?}");
         assert!(s.memory_current_bytes > 0, "{s:?}");
         assert!(s.pids_current >= 1, "{s:?}");
-        c.stop_job(StopJobRequest {
-            job_id: job.id.clone(),
-            grace_period_ms: 100,
-        })
-        .await
-        .unwrap();
+        stop(&mut c, &job.id, 100).await;
     }
 
-    /// Nothing of job `id` on the host: cgroup, mount, runtime state, shim.
     #[tokio::test]
     #[ignore = "run by runtime_tests_in_their_own_process"]
     async fn runtime_job_overlay_lives_only_in_the_shims_mount_namespace() {
@@ -827,20 +812,12 @@ pub(crate) mod tests {
             fs::read_link("/proc/self/ns/mnt").unwrap(),
             fs::read_link(shim.join("ns/mnt")).unwrap()
         );
-        let stopped = c
-            .stop_job(StopJobRequest {
-                job_id: job.id.clone(),
-                grace_period_ms: 200,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
+        let stopped = stop(&mut c, &job.id, 200).await;
         assert_eq!(stopped.state, JobState::Stopped as i32, "{stopped:?}");
         assert_gone(&h, &job.id);
     }
 
+    /// Nothing of job `id` on the host: cgroup, mount, runtime state, shim.
     fn assert_gone(h: &Harness, id: &str) {
         let cg =
             runtime::cgroups::Cgroup::open(Path::new(&format!("{CGROUP_PARENT}/{id}")), false, id)
@@ -860,6 +837,18 @@ pub(crate) mod tests {
             })
             .count();
         assert_eq!(shims, 0, "a shim of {id} is still running");
+    }
+
+    async fn stop(c: &mut JobServiceClient<Channel>, id: &str, grace_period_ms: u64) -> Job {
+        c.stop_job(StopJobRequest {
+            job_id: id.into(),
+            grace_period_ms,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
     }
 
     async fn first_chunk(c: &mut JobServiceClient<Channel>, id: &str) -> Vec<u8> {
