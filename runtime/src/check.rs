@@ -77,6 +77,15 @@ impl Check {
     }
 }
 
+/// How `check` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One line per check, coloured on a terminal.
+    Text,
+    /// `{"ok": bool, "checks": [...]}`.
+    Json,
+}
+
 /// Every line, in the order they were checked.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -86,6 +95,18 @@ pub struct Report {
 impl Report {
     pub fn push(&mut self, check: Check) {
         self.checks.push(check);
+    }
+
+    /// Prints the report to stdout in `format`; returns true when nothing required is missing.
+    pub fn print(&self, format: Format) -> bool {
+        match format {
+            Format::Json => println!("{:#}", self.to_json()),
+            Format::Text => {
+                use std::io::IsTerminal;
+                print!("{}", self.to_text(std::io::stdout().is_terminal()));
+            }
+        }
+        self.passed()
     }
 
     /// True when nothing required is missing.

@@ -59,12 +59,7 @@ enum Cmd {
     Man(runtime::cli_assets::ManArgs),
 }
 
-/// Output of `check`.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum CheckFormat {
-    Text,
-    Json,
-}
+use runtime::check::Format as CheckFormat;
 
 #[derive(Subcommand)]
 enum CertsCmd {
@@ -153,15 +148,7 @@ fn main() -> anyhow::Result<()> {
 /// Prints the check; the exit code is 1 when something required is missing.
 fn check(cfg: &Config, format: CheckFormat) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("locate the jobd executable")?;
-    let report = daemon::check::jobd(cfg, &exe);
-    match format {
-        CheckFormat::Json => println!("{:#}", report.to_json()),
-        CheckFormat::Text => {
-            use std::io::IsTerminal;
-            print!("{}", report.to_text(std::io::stdout().is_terminal()));
-        }
-    }
-    Ok(i32::from(!report.passed()))
+    Ok(i32::from(!daemon::check::jobd(cfg, &exe).print(format)))
 }
 
 /// Defaults, then the configuration file, then flags and environment.

@@ -173,12 +173,7 @@ enum Command {
     Man(runtime::cli_assets::ManArgs),
 }
 
-/// Output of `check`.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum CheckFormat {
-    Text,
-    Json,
-}
+use runtime::check::Format as CheckFormat;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -294,15 +289,7 @@ fn dispatch(cli: &Cli) -> Result<u8> {
 
 /// Prints the host check; 1 when a required feature is missing.
 fn check(format: CheckFormat) -> u8 {
-    let report = runtime::check::host();
-    match format {
-        CheckFormat::Json => println!("{:#}", report.to_json()),
-        CheckFormat::Text => {
-            use std::io::IsTerminal;
-            print!("{}", report.to_text(std::io::stdout().is_terminal()));
-        }
-    }
-    u8::from(!report.passed())
+    u8::from(!runtime::check::host().print(format))
 }
 
 fn load(root: &Path, id: &str) -> Result<Container> {
