@@ -27,8 +27,10 @@ use tonic::Status;
 use crate::output_store::{self, decode_streams, StoreError, STREAM_RECORD};
 pub use crate::output_store::{cap_marker, OUTPUT_FILE, STREAMS_FILE};
 
-/// The largest chunk sent to a client.
-pub const CHUNK: usize = 32 * 1024;
+/// The largest chunk sent to a client. Each stream holds about three chunks at a time (queue,
+/// encoder, HTTP/2 buffer): 16 KiB kept 1,000 streams of one job at 142 MB peak RSS where
+/// 32 KiB took 268 MB, for ~7% less fan-out throughput.
+pub const CHUNK: usize = 16 * 1024;
 /// Chunks queued per follower before it waits for its client.
 const FOLLOWER_QUEUE: usize = 1;
 
