@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Debian packages the tests use (runc, crun, podman, qemu, ...), so that this command works
+# on a fresh machine by itself; quick when they are there. SKIP_DEPS=1 skips the check.
+if [ -z "${SKIP_DEPS:-}" ]; then
+    scripts/deps.sh
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
