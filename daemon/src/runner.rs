@@ -533,16 +533,23 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// The job's output from byte 0, followed live.
+    async fn follow(
+        c: &mut JobServiceClient<Channel>,
+        id: &str,
+    ) -> tonic::Streaming<proto::OutputChunk> {
+        c.stream_output(StreamOutputRequest {
+            job_id: id.into(),
+            offset: 0,
+            no_follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
     async fn finish(c: &mut JobServiceClient<Channel>, id: &str) -> (Job, Vec<u8>) {
-        let mut s = c
-            .stream_output(StreamOutputRequest {
-                job_id: id.into(),
-                offset: 0,
-                no_follow: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut s = follow(c, id).await;
         let mut out = Vec::new();
         while let Some(ch) = tokio::time::timeout(Duration::from_secs(60), s.message())
             .await
@@ -658,16 +665,7 @@ pub(crate) mod tests {
         )
         .await;
         // Wait for "up", then collect the job's host pids from its cgroup.
-        let mut s = c
-            .stream_output(StreamOutputRequest {
-                job_id: job.id.clone(),
-                offset: 0,
-                no_follow: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(s.message().await.unwrap().unwrap().data, b"up\n");
+        assert_eq!(first_chunk(&mut c, &job.id).await, b"up\n");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let cg = runtime::cgroups::Cgroup::open(
             Path::new(&format!("{CGROUP_PARENT}/{}", job.id)),
@@ -852,15 +850,7 @@ pub(crate) mod tests {
     }
 
     async fn first_chunk(c: &mut JobServiceClient<Channel>, id: &str) -> Vec<u8> {
-        let mut s = c
-            .stream_output(StreamOutputRequest {
-                job_id: id.into(),
-                offset: 0,
-                no_follow: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut s = follow(c, id).await;
         s.message().await.unwrap().unwrap().data
     }
 
