@@ -29,13 +29,13 @@ struct Args {
     /// Concurrent StartJob calls in the throughput run.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Clients streaming the fan-out job.
+    /// Clients streaming the fan-out job (0 skips the fan-out run).
     #[arg(long, default_value_t = 1000)]
     fanout_clients: usize,
     /// Bytes the fan-out job writes.
     #[arg(long, default_value_t = 100_000_000)]
     fanout_bytes: u64,
-    /// Concurrently running `sleep` jobs.
+    /// Concurrently running `sleep` jobs (0 skips that run).
     #[arg(long, default_value_t = 1000)]
     running_jobs: usize,
 }
@@ -275,11 +275,26 @@ async fn main() -> Result<()> {
         ids.len() as f64 / ended.as_secs_f64()
     );
 
-    // 3. Fan-out.
+    if args.fanout_clients > 0 {
+        fan_out(&args, &jobd, &mut c, pid).await?;
+    }
+    if args.running_jobs > 0 {
+        many_running(&args, &mut c, pid).await?;
+    }
+    Ok(())
+}
+
+/// 3. Fan-out: one job's output streamed by many clients at once.
+async fn fan_out(
+    args: &Args,
+    jobd: &Jobd,
+    c: &mut JobServiceClient<Channel>,
+    pid: u32,
+) -> Result<()> {
     let writer = format!("head -c {} /dev/zero", args.fanout_bytes);
-    let alone = start(&mut c, sh(&writer)).await?;
-    let (n, _) = drain(&mut c, &alone.id).await?;
-    let a = wait_end(&mut c, &alone.id).await?;
+    let alone = start(c, sh(&writer)).await?;
+    let (n, _) = drain(c, &alone.id).await?;
+    let a = wait_end(c, &alone.id).await?;
     let alone_ms = (a.ended_at_ms - a.started_at_ms).max(1);
     if n != args.fanout_bytes {
         bail!("lone stream got {n} bytes");
@@ -287,10 +302,10 @@ async fn main() -> Result<()> {
     let mut clients = Vec::new();
     for i in 0..args.fanout_clients {
         if i % 100 == 0 {
-            clients.push(connect(&jobd).await?);
+            clients.push(connect(jobd).await?);
         }
     }
-    let job = start(&mut c, sh(&format!("sleep 1; {writer}"))).await?;
+    let job = start(c, sh(&format!("sleep 1; {writer}"))).await?;
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
@@ -318,7 +333,7 @@ async fn main() -> Result<()> {
     let fan = t.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.join();
-    let f = wait_end(&mut c, &job.id).await?;
+    let f = wait_end(c, &job.id).await?;
     let fan_ms = (f.ended_at_ms - f.started_at_ms - 1000).max(1);
     println!(
         "fan-out: {} clients (streams over {} TLS connections) x {} bytes: {complete}/{} complete in {:.1} s; jobd peak RSS {} KiB; job {} ms alone vs {} ms with clients (ratio {:.2})",
@@ -333,13 +348,17 @@ async fn main() -> Result<()> {
         fan_ms as f64 / alone_ms as f64
     );
 
-    // 4. Many running jobs.
+    Ok(())
+}
+
+/// 4. Many running jobs: start cost, daemon RSS, ListJobs latency.
+async fn many_running(args: &Args, c: &mut JobServiceClient<Channel>, pid: u32) -> Result<()> {
     let t = Instant::now();
     let mut ids = Vec::new();
     for _ in 0..args.running_jobs {
         ids.push(
             start(
-                &mut c,
+                c,
                 JobSpec {
                     command: "sleep".into(),
                     args: vec!["600".into()],

@@ -1,7 +1,7 @@
 //! jobd: the mTLS gRPC job service.
 //!
 //! Modules, one concern each: [`config`], [`certs`], [`tls`], [`auth`], [`db`], [`output`],
-//! [`output_store`], [`shim`],
+//! [`output_store`], [`shim`], [`layer`],
 //! [`executor`], [`runner`], [`manager`], [`service`], and [`server`] which ties them together.
 
 pub mod auth;
@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod executor;
 pub mod jobctl;
+pub mod layer;
 pub mod manager;
 pub mod output;
 pub mod output_store;

@@ -1,29 +1,23 @@
 //! jobd's executor: each job is an OCI bundle made from the runtime library's secure default
-//! spec, on a private writable overlayfs layer over the shared read-only default rootfs. jobd
-//! prepares the bundle here; the job's shim starts it through `runtime::container` (job-init as
-//! the re-exec), see [`crate::shim`].
+//! spec, on a private writable layer over the shared read-only default rootfs. jobd makes the
+//! spec here; the job's shim builds the job's filesystem ([`crate::layer`]) and starts it
+//! through `runtime::container` (job-init as the re-exec), see [`crate::shim`].
 //!
-//! Per job, under `DATA/jobs/ID/`:
-//! - `layer/upper`, `layer/work`: the job's private overlay layer (its `/work` and `/tmp` and any
-//!   other change live here), owned by the container's root as the host sees it;
-//! - `bundle/config.json` and `bundle/rootfs` (the overlay mount: shared rootfs below, private
-//!   layer above).
-//!
-//! The container's state lives under `DATA/runtime/ID`, its cgroup at `/jobd/ID`.
+//! jobd makes nothing on the host's filesystems for a job's container: every shim mounts its
+//! job's tmpfs on the same empty directory, `DATA/scratch`, each in a mount namespace of its
+//! own, with the bundle, the writable layer and the runtime's state in it. The job's cgroup is
+//! `/jobd/ID`.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::AtFlags;
-use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::Signal;
-use nix::unistd::{fchownat, Gid, Uid};
-use runtime::container::Container;
 use serde_json::{json, Value};
 
 use crate::config::LimitValues;
 use crate::executor::{ExecError, Executor, JobHandle, JobStats, Launch, LaunchRequest};
+use crate::layer::LayerPlan;
 
 /// The cgroup parent of every job.
 pub const CGROUP_PARENT: &str = "/jobd";
@@ -41,72 +35,18 @@ fn host(op: &'static str, job_id: &str, reason: impl ToString) -> ExecError {
 pub struct RuntimeExecutor {
     /// The shared read-only rootfs (overlay lower layer).
     pub rootfs: PathBuf,
-    /// The runtime's state root.
-    pub state_root: PathBuf,
+    /// The empty directory every shim mounts its job's tmpfs on, in its own mount namespace
+    /// (see [`scratch_dir`]).
+    pub scratch: PathBuf,
     /// job-init; `None` = the runtime's default (next to this executable, or `$JOB_RUNTIME_INIT`).
     pub init_path: Option<PathBuf>,
 }
 
-struct Layout {
-    bundle: PathBuf,
-    merged: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    layer: PathBuf,
-}
-
-fn layout(job_dir: &Path) -> Layout {
-    let bundle = job_dir.join("bundle");
-    let layer = job_dir.join("layer");
-    Layout {
-        merged: bundle.join("rootfs"),
-        upper: layer.join("upper"),
-        work: layer.join("work"),
-        bundle,
-        layer,
-    }
-}
-
-fn mkdir(path: &Path, mode: u32, job_id: &str) -> Result<(), ExecError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(|e| {
-            host(
-                "create directory",
-                job_id,
-                format!("{}: {e}", path.display()),
-            )
-        })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| host("chmod", job_id, format!("{}: {e}", path.display())))
-}
-
-fn chown(path: &Path, id: u32, job_id: &str) -> Result<(), ExecError> {
-    fchownat(
-        None,
-        path,
-        Some(Uid::from_raw(id)),
-        Some(Gid::from_raw(id)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| host("chown", job_id, format!("{}: {e}", path.display())))
-}
-
-/// Chowns a tree (never following symlinks) to `id`.
-fn chown_tree(path: &Path, id: u32, job_id: &str) -> Result<(), ExecError> {
-    chown(path, id, job_id)?;
-    let meta = fs::symlink_metadata(path)
-        .map_err(|e| host("stat", job_id, format!("{}: {e}", path.display())))?;
-    if meta.is_dir() {
-        let entries = fs::read_dir(path)
-            .map_err(|e| host("read directory", job_id, format!("{}: {e}", path.display())))?;
-        for e in entries.flatten() {
-            chown_tree(&e.path(), id, job_id)?;
-        }
-    }
-    Ok(())
+/// The directory the shims mount their jobs' tmpfs on, under the data directory. One for all
+/// jobs: each mount is in its shim's namespace only, and a start makes and removes nothing on
+/// the data directory's filesystem for it.
+pub fn scratch_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("scratch")
 }
 
 /// The whole-disk block device (major, minor) that holds `path`, for blkio throttles.
@@ -181,128 +121,54 @@ fn host_root_id() -> u32 {
 }
 
 impl RuntimeExecutor {
-    fn prepare(&self, req: &LaunchRequest, lay: &Layout) -> Result<(), ExecError> {
+    fn launch(&self, req: LaunchRequest) -> Result<Launch, ExecError> {
         let id = &req.job_id;
-        let owner = host_root_id();
-        mkdir(&lay.upper, 0o755, id)?;
-        mkdir(&lay.work, 0o700, id)?;
-        mkdir(&lay.merged, 0o755, id)?;
-        chown(&lay.upper, owner, id)?;
-        // The job's working directory and /tmp, in its private layer, owned by its root.
-        let wd = lay.upper.join(req.working_dir.trim_start_matches('/'));
-        mkdir(&wd, 0o755, id)?;
-        let tmp = lay.upper.join("tmp");
-        mkdir(&tmp, 0o1777, id)?;
-        chown(&tmp, owner, id)?;
-        if !req.input_tar.is_empty() {
-            let mut ar = tar::Archive::new(req.input_tar.as_slice());
-            ar.set_preserve_permissions(false);
-            ar.set_preserve_mtime(true);
-            ar.set_unpack_xattrs(false);
-            ar.set_overwrite(true);
-            ar.unpack(&wd).map_err(|e| {
-                ExecError::Job(format!(
-                    "spec.input_tar: unpack into {}: {e}",
-                    req.working_dir
-                ))
-            })?;
-        }
-        chown_tree(&wd, owner, id)?;
-        Ok(())
+        // blkio throttles apply to the one block device the job reads: the rootfs's (its
+        // writes go to memory).
+        let spec = job_spec(&req, block_device(&self.rootfs))?;
+        let config_json = serde_json::to_vec(&spec).map_err(|e| host("encode spec", id, e))?;
+        Ok(Launch::Container {
+            id: req.job_id.clone(),
+            layer: LayerPlan {
+                scratch: self.scratch.clone(),
+                size_bytes: req.limits.memory_bytes,
+                lower: self.rootfs.clone(),
+                owner: host_root_id(),
+                working_dir: req.working_dir.clone(),
+            },
+            init: self.init_path.clone(),
+            config_json,
+            input_tar: req.input_tar,
+        })
     }
 
-    /// The overlay the shim mounts on `BUNDLE/rootfs` in its own mount namespace.
-    fn overlay_options(&self, lay: &Layout) -> String {
-        format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.rootfs.display(),
-            lay.upper.display(),
-            lay.work.display()
+    /// Removes the job's cgroup, killing what is left in it. Its mounts and runtime state
+    /// lived in the shim's mount namespace and are gone with it.
+    fn teardown(&self, job_id: &str) -> Result<(), ExecError> {
+        runtime::cgroups::Cgroup::open(
+            Path::new(&format!("{CGROUP_PARENT}/{job_id}")),
+            false,
+            job_id,
         )
-    }
-
-    fn write_config(&self, req: &LaunchRequest, lay: &Layout) -> Result<(), ExecError> {
-        let id = &req.job_id;
-        let dev = block_device(&req.job_dir);
-        let spec = job_spec(req, dev)?;
-        let text = serde_json::to_vec_pretty(&spec).map_err(|e| host("encode spec", id, e))?;
-        runtime::spec::write_atomic(&lay.bundle.join("config.json"), &text)
-            .map_err(|e| host("write config.json", id, e))
-    }
-
-    fn teardown(&self, job_id: &str, job_dir: &Path) -> Result<(), ExecError> {
-        let mut first_err = None;
-        match Container::load(&self.state_root, job_id) {
-            Ok(c) => {
-                if let Err(e) = c.delete(true) {
-                    first_err.get_or_insert(host("delete container", job_id, e));
-                }
-            }
-            Err(e) => {
-                // Nothing recorded (never created, or already deleted): make sure no cgroup is left.
-                tracing::debug!(job_id, error = %e, "no container state");
-                if let Ok(cg) = runtime::cgroups::Cgroup::open(
-                    Path::new(&format!("{CGROUP_PARENT}/{job_id}")),
-                    false,
-                    job_id,
-                ) {
-                    if let Err(e) = cg.destroy() {
-                        first_err.get_or_insert(host("remove cgroup", job_id, e));
-                    }
-                }
-            }
-        }
-        let lay = layout(job_dir);
-        match umount2(&lay.merged, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => {
-                first_err.get_or_insert(host("unmount overlay", job_id, e));
-            }
-        }
-        for dir in [&lay.bundle, &lay.layer] {
-            match fs::remove_dir_all(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    first_err.get_or_insert(host(
-                        "remove",
-                        job_id,
-                        format!("{}: {e}", dir.display()),
-                    ));
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        .and_then(|cg| cg.destroy())
+        .map_err(|e| host("remove cgroup", job_id, e))
     }
 }
 
 impl Executor for RuntimeExecutor {
     fn prepare(&self, req: LaunchRequest) -> Result<Launch, ExecError> {
-        let lay = layout(&req.job_dir);
-        let prepared = self
-            .prepare(&req, &lay)
-            .and_then(|()| self.write_config(&req, &lay));
-        match prepared {
-            Ok(()) => Ok(Launch::Container {
-                overlay: Some(self.overlay_options(&lay)),
-                id: req.job_id.clone(),
-                bundle: lay.bundle,
-                state_root: self.state_root.clone(),
-                init: self.init_path.clone(),
-            }),
-            Err(e) => {
-                if let Err(t) = self.teardown(&req.job_id, &req.job_dir) {
-                    tracing::warn!(job_id = %req.job_id, error = %t, "cleanup after failed prepare");
-                }
-                Err(e)
+        let id = req.job_id.clone();
+        self.launch(req).inspect_err(|_| {
+            if let Err(t) = self.teardown(&id) {
+                tracing::warn!(job_id = %id, error = %t, "cleanup after failed prepare");
             }
-        }
+        })
     }
 
     fn handle(
         &self,
         job_id: &str,
-        job_dir: &Path,
+        _job_dir: &Path,
         pid: i32,
         pid_start: u64,
     ) -> Result<Box<dyn JobHandle>, ExecError> {
@@ -315,7 +181,6 @@ impl Executor for RuntimeExecutor {
         .map_err(|e| host("cgroup path", job_id, e))?;
         Ok(Box::new(RuntimeHandle {
             job_id: job_id.to_string(),
-            job_dir: job_dir.to_path_buf(),
             pid,
             pid_start,
             cgroup_path,
@@ -323,8 +188,8 @@ impl Executor for RuntimeExecutor {
         }))
     }
 
-    fn cleanup(&self, job_id: &str, job_dir: &Path) -> Result<(), ExecError> {
-        self.teardown(job_id, job_dir)
+    fn cleanup(&self, job_id: &str, _job_dir: &Path) -> Result<(), ExecError> {
+        self.teardown(job_id)
     }
 }
 
@@ -332,7 +197,6 @@ impl Executor for RuntimeExecutor {
 #[derive(Debug)]
 pub struct RuntimeHandle {
     job_id: String,
-    job_dir: PathBuf,
     pid: i32,
     pid_start: u64,
     cgroup_path: PathBuf,
@@ -418,7 +282,7 @@ impl JobHandle for RuntimeHandle {
     }
 
     fn destroy(&self) -> Result<(), ExecError> {
-        self.exec.teardown(&self.job_id, &self.job_dir)
+        self.exec.teardown(&self.job_id)
     }
 }
 
@@ -456,7 +320,7 @@ pub(crate) mod tests {
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "runtime tests failed:\n{text}");
-        assert!(text.contains("test result: ok. 8 passed"), "{text}");
+        assert!(text.contains("test result: ok. 9 passed"), "{text}");
     }
 
     /// A static busybox rootfs for tests (jobd itself uses the rootfs-builder default rootfs).
@@ -503,9 +367,11 @@ pub(crate) mod tests {
         let rootfs = busybox_rootfs(tmp.path()).expect("busybox for the test rootfs");
         let h = Harness::start_with(
             move |data| {
+                let scratch = scratch_dir(data);
+                fs::create_dir_all(&scratch).unwrap();
                 Arc::new(RuntimeExecutor {
                     rootfs,
-                    state_root: data.join("runtime"),
+                    scratch,
                     init_path: Some(init),
                 })
             },
@@ -799,19 +665,73 @@ pub(crate) mod tests {
             .expect("the job's shim runs")
             .path();
         let theirs = fs::read_to_string(shim.join("mountinfo")).unwrap();
-        let overlay = theirs
-            .lines()
-            .find(|l| l.contains(&job.id) && l.contains(" - overlay "))
-            .unwrap_or_else(|| panic!("no overlay in the shim's namespace:\n{theirs}"));
-        assert!(overlay.contains("bundle/rootfs"), "{overlay}");
-        // Thrown away after the job: no syncfs of the data directory's filesystem at unmount.
+        let scratch = scratch_dir(&h.cfg.data_dir);
+        let mount_on = |fstype: &str, at: &Path| {
+            theirs
+                .lines()
+                .find(|l| {
+                    l.split(' ').nth(4) == at.to_str() && l.contains(&format!(" - {fstype} "))
+                })
+                .unwrap_or_else(|| {
+                    panic!("no {fstype} on {at:?} in the shim's namespace:\n{theirs}")
+                })
+                .to_string()
+        };
+        // The job's files live in a tmpfs of its memory limit's size (512 MiB by default) ...
+        let tmpfs = mount_on("tmpfs", &scratch);
+        assert!(tmpfs.contains("size=524288k"), "{tmpfs}");
+        // ... under the overlay, thrown away after the job: no syncfs when it goes.
+        let overlay = mount_on("overlay", &scratch.join("bundle/rootfs"));
         assert!(overlay.contains("volatile"), "{overlay}");
+        assert!(
+            overlay.contains(&format!("upperdir={}/layer/upper", scratch.display())),
+            "{overlay}"
+        );
         assert_ne!(
             fs::read_link("/proc/self/ns/mnt").unwrap(),
             fs::read_link(shim.join("ns/mnt")).unwrap()
         );
         let stopped = stop(&mut c, &job.id, 200).await;
         assert_eq!(stopped.state, JobState::Stopped as i32, "{stopped:?}");
+        assert_gone(&h, &job.id);
+    }
+
+    /// A job cannot fill the host's disk: its files are in its memory-sized tmpfs, charged to
+    /// its memory cgroup, and writing past the limit fails or OOM-kills the job.
+    #[tokio::test]
+    #[ignore = "run by runtime_tests_in_their_own_process"]
+    async fn runtime_job_files_count_against_its_memory_limit() {
+        let Some(h) = runtime_harness(|_| {}).await else {
+            return;
+        };
+        let mut c = h.client("root", "admin").await;
+        let mut spec =
+            sh("head -c 200000000 /dev/zero > /tmp/big; echo rc=$?; wc -c < /tmp/big; df -k /tmp");
+        spec.limits = Some(Limits {
+            memory_bytes: 32 << 20,
+            ..Default::default()
+        });
+        let free = |p: &Path| {
+            nix::sys::statvfs::statvfs(p)
+                .map(|s| s.blocks_available() * s.fragment_size())
+                .unwrap()
+        };
+        let before = free(&h.cfg.data_dir);
+        let job = start(&mut c, spec).await;
+        let (done, out) = finish(&mut c, &job.id).await;
+        let text = String::from_utf8_lossy(&out);
+        if !done.oom_killed {
+            // ENOSPC at the tmpfs size: the write failed short of 32 MiB.
+            assert!(text.contains("rc=1"), "{done:?} {text}");
+            let written: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+            assert!(written <= 32 << 20, "{written} bytes written: {text}");
+        }
+        // Nothing of it reached the data directory's disk (other tests may write a little).
+        let after = free(&h.cfg.data_dir);
+        assert!(
+            before.saturating_sub(after) < 20 << 20,
+            "{before} -> {after}"
+        );
         assert_gone(&h, &job.id);
     }
 
@@ -823,7 +743,15 @@ pub(crate) mod tests {
         assert!(!cg.exists(), "cgroup of {id} left");
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(id), "mount of {id} left");
-        assert!(!h.cfg.data_dir.join("runtime").join(id).exists());
+        assert!(
+            !h.cfg
+                .data_dir
+                .join("jobs")
+                .join(id)
+                .join("scratch")
+                .exists(),
+            "scratch directory of {id} left"
+        );
         let shims = fs::read_dir("/proc")
             .unwrap()
             .flatten()

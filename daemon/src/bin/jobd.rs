@@ -192,9 +192,11 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         } else {
             tokio::task::spawn_blocking(move || rootfs::build_default_rootfs(&rootfs_dir)).await??
         };
+        let scratch = runner::scratch_dir(&cfg.data_dir);
+        manager::ensure_dir(&scratch)?;
         let exec = runner::RuntimeExecutor {
             rootfs,
-            state_root: cfg.data_dir.join("runtime"),
+            scratch,
             init_path: cfg.job_init.clone(),
         };
         let running = server::start(cfg, Arc::new(exec)).await?;
