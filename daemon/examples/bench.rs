@@ -38,6 +38,12 @@ struct Args {
     /// Concurrently running `sleep` jobs (0 skips that run).
     #[arg(long, default_value_t = 1000)]
     running_jobs: usize,
+    /// Where the default rootfs is built once and kept, and each run's data directory is made
+    /// (and removed after). Not a fresh temporary directory: rebuilding and deleting the
+    /// rootfs's thousands of files on every run slows the next run's file creations on
+    /// journal-less ext4 (see `fs_create_cost`).
+    #[arg(long, default_value = "/var/tmp/jobd-bench")]
+    dir: PathBuf,
 }
 
 struct Jobd {
@@ -67,9 +73,33 @@ fn rss_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn spawn(jobd: &Path) -> Result<Jobd> {
+/// Microseconds to create an empty file in a new directory under `dir` (median of 200): ext4
+/// without a journal skips inodes deleted in the last minutes when it allocates one, which
+/// makes creations near many recent deletions cost a millisecond each instead of 20 µs.
+fn fs_create_cost(dir: &Path) -> Result<(String, u128)> {
+    let probe = tempfile::Builder::new().prefix("probe").tempdir_in(dir)?;
+    let mut t = Vec::new();
+    for i in 0..200 {
+        let s = Instant::now();
+        std::fs::File::create(probe.path().join(i.to_string()))?;
+        t.push(s.elapsed());
+    }
+    let fs = nix::sys::statfs::statfs(dir)?;
+    let kind = match fs.filesystem_type() {
+        nix::sys::statfs::EXT4_SUPER_MAGIC => "ext4",
+        nix::sys::statfs::TMPFS_MAGIC => "tmpfs",
+        nix::sys::statfs::XFS_SUPER_MAGIC => "xfs",
+        nix::sys::statfs::BTRFS_SUPER_MAGIC => "btrfs",
+        _ => "other",
+    };
+    Ok((kind.to_string(), pct(&mut t, 0.5).as_micros()))
+}
+
+fn spawn(jobd: &Path, base: &Path) -> Result<Jobd> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(base)?;
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711))?;
+    let dir = tempfile::Builder::new().prefix("run").tempdir_in(base)?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -79,8 +109,9 @@ fn spawn(jobd: &Path) -> Result<Jobd> {
     std::fs::write(
         &cfg,
         format!(
-            "client_identity_dir = \"{}\"\n[max_limits]\npids = 32768\n[default_limits]\nmemory_bytes = 67108864\npids = 64\n",
-            dir.path().join("client").display()
+            "client_identity_dir = \"{}\"\nrootfs = \"{}\"\n[max_limits]\npids = 32768\n[default_limits]\nmemory_bytes = 67108864\npids = 64\n",
+            dir.path().join("client").display(),
+            base.join("rootfs").display()
         ),
     )?;
     let child = Command::new(jobd)
@@ -194,11 +225,13 @@ async fn wait_end(c: &mut JobServiceClient<Channel>, id: &str) -> Result<Job> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let jobd = spawn(&args.jobd)?;
+    let jobd = spawn(&args.jobd, &args.dir)?;
     let pid = jobd.child.id();
     let mut c = connect(&jobd).await?;
+    let jobs_dir = jobd.dir.path().join("data/jobs");
+    let (fs, create_us) = fs_create_cost(&jobs_dir)?;
     println!(
-        "jobd {} pid {pid}, RSS at start {} KiB",
+        "jobd {} pid {pid}, RSS at start {} KiB; data directory on {fs}, {create_us} µs to create a file",
         args.jobd.display(),
         rss_kib(pid, "VmRSS")
     );
@@ -275,6 +308,10 @@ async fn main() -> Result<()> {
         ids.len() as f64 / ended.as_secs_f64()
     );
 
+    println!(
+        "after: {} µs to create a file in the data directory",
+        fs_create_cost(&jobs_dir)?.1
+    );
     if args.fanout_clients > 0 {
         fan_out(&args, &jobd, &mut c, pid).await?;
     }

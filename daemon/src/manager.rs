@@ -60,6 +60,15 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// When a job ended: the time its shim recorded, else (no record, or one from an older shim)
+/// now.
+fn ended_at(record: Option<&ExitRecord>) -> i64 {
+    record
+        .map(|r| r.ended_at_ms)
+        .filter(|&t| t > 0)
+        .unwrap_or_else(now_ms)
+}
+
 /// Whether a state is final.
 pub fn is_final(state: i32) -> bool {
     !matches!(
@@ -505,7 +514,7 @@ impl Manager {
         }
         job.output_bytes =
             std::fs::metadata(dir.join(crate::output::OUTPUT_FILE)).map_or(0, |m| m.len());
-        job.ended_at_ms = now_ms();
+        job.ended_at_ms = ended_at(record.as_ref());
         self.db.finish(&job)?;
         Ok(())
     }
@@ -650,8 +659,12 @@ impl Manager {
                 ))
             }
         };
-        let (pid, pid_start) = match report {
-            Report::Started { pid, start_time } => (pid, start_time),
+        let (pid, pid_start, started_at_ms) = match report {
+            Report::Started {
+                pid,
+                start_time,
+                started_at_ms,
+            } => (pid, start_time, started_at_ms),
             Report::Failed(reason) => {
                 tracing::info!(job_id = %id, reason = %reason, "job failed to start");
                 return self
@@ -671,7 +684,11 @@ impl Manager {
             let _ = live.handle.set(h.clone());
         }
         job.state = JobState::Running as i32;
-        job.started_at_ms = now_ms();
+        job.started_at_ms = if started_at_ms > 0 {
+            started_at_ms
+        } else {
+            now_ms()
+        };
         self.db.set_running(&job, (pid, pid_start))?;
         live.record.send_replace(job.clone());
         tracing::info!(job_id = %id, owner, pid, shim_pid, "job running");
@@ -806,7 +823,7 @@ impl Manager {
         }
         self.register_child(shim.pid, false);
         let mut job = live.record.borrow().clone();
-        job.ended_at_ms = now_ms();
+        job.ended_at_ms = ended_at(record.as_ref());
         job.oom_killed = oom;
         job.output_bytes = output_bytes;
         let stop = live.stop.lock().unwrap_or_else(|p| p.into_inner()).clone();

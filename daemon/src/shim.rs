@@ -31,6 +31,7 @@ use proto::OutputStream;
 use serde::{Deserialize, Serialize};
 
 use crate::layer::{self, LayerError, LayerPlan};
+use crate::manager::now_ms;
 use crate::output_store::{OutputWriter, StoreError};
 
 /// The file the shim writes the job's exit status to, in the job directory.
@@ -260,8 +261,14 @@ fn lossy(s: OsString) -> String {
 /// What the shim tells jobd on its report pipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// The job runs: its main process and that process's start time (/proc/PID/stat field 22).
-    Started { pid: i32, start_time: u64 },
+    /// The job runs: its main process, that process's start time (/proc/PID/stat field 22),
+    /// and when the shim saw it start (ms since the epoch; 0 = unknown): the record's times
+    /// are the job's, not when a busy jobd got round to reading the report.
+    Started {
+        pid: i32,
+        start_time: u64,
+        started_at_ms: i64,
+    },
     /// The job could not start, and why (the record's failure reason).
     Failed(String),
 }
@@ -269,7 +276,11 @@ pub enum Report {
 impl Report {
     fn encode(&self) -> String {
         match self {
-            Report::Started { pid, start_time } => format!("started {pid} {start_time}\n"),
+            Report::Started {
+                pid,
+                start_time,
+                started_at_ms,
+            } => format!("started {pid} {start_time} {started_at_ms}\n"),
             Report::Failed(reason) => format!("failed {reason}"),
         }
     }
@@ -283,6 +294,7 @@ impl Report {
                 return Report::Started {
                     pid: pid as i32,
                     start_time,
+                    started_at_ms: f.next().and_then(Result::ok).unwrap_or(0) as i64,
                 };
             }
         }
@@ -306,6 +318,9 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// Bytes of output written.
     pub output_bytes: u64,
+    /// When the main process ended, ms since the epoch (0 in records of older shims).
+    #[serde(default)]
+    pub ended_at_ms: i64,
 }
 
 /// Reads `DIR/exit`; `None` when the shim did not write one.
@@ -526,6 +541,7 @@ pub fn spawn(shim: &Path, args: &ShimArgs) -> Result<Spawned, ShimError> {
 struct Started {
     pid: i32,
     start_time: u64,
+    started_at_ms: i64,
     /// How to kill everything of the job once its main process is gone.
     kill_all: KillAll,
 }
@@ -587,6 +603,7 @@ fn launch(launch: &Launch, out: &OwnedFd, err: &OwnedFd) -> Result<Started, Stri
             Ok(Started {
                 pid: c.pid(),
                 start_time: c.state().pid_start_time,
+                started_at_ms: now_ms(),
                 kill_all: KillAll::Cgroup {
                     path: c.state().cgroup_path.clone(),
                     id: id.clone(),
@@ -620,6 +637,7 @@ fn launch(launch: &Launch, out: &OwnedFd, err: &OwnedFd) -> Result<Started, Stri
             Ok(Started {
                 pid,
                 start_time: runtime::state::proc_stat(pid).map_or(0, |(_, t)| t),
+                started_at_ms: now_ms(),
                 kill_all: KillAll::Group(pid),
             })
         }
@@ -675,8 +693,15 @@ fn reap(main: i32) -> Option<WaitStatus> {
 
 /// Follows the started job: output into the file until both pipes close, the main process's
 /// status when it exits (then everything left of the job is killed, so the pipes close).
-fn supervise(job: &Started, pump: &mut Pump, sigchld: &SignalFd) -> Result<WaitStatus, ShimError> {
+/// Pumps output until the main process has ended and the pipes are drained (or
+/// [`DRAIN_LIMIT`] has passed since): its wait status and when it ended.
+fn supervise(
+    job: &Started,
+    pump: &mut Pump,
+    sigchld: &SignalFd,
+) -> Result<(WaitStatus, i64), ShimError> {
     let mut status = reap(job.pid);
+    let mut ended_at_ms = now_ms();
     let mut drain_until = None;
     if status.is_some() {
         job.kill_all.kill();
@@ -685,7 +710,7 @@ fn supervise(job: &Started, pump: &mut Pump, sigchld: &SignalFd) -> Result<WaitS
     loop {
         if let Some(st) = status {
             if !pump.open() || drain_until.is_some_and(|d| Instant::now() >= d) {
-                return Ok(st);
+                return Ok((st, ended_at_ms));
             }
         }
         let timeout = match drain_until {
@@ -721,6 +746,7 @@ fn supervise(job: &Started, pump: &mut Pump, sigchld: &SignalFd) -> Result<WaitS
             if let Some(st) = reap(job.pid) {
                 if status.is_none() {
                     status = Some(st);
+                    ended_at_ms = now_ms();
                     // The main process is gone: nothing of the job may outlive it.
                     job.kill_all.kill();
                     drain_until = Some(Instant::now() + DRAIN_LIMIT);
@@ -736,7 +762,7 @@ fn send_report(report: OwnedFd, r: &Report) -> bool {
     f.write_all(r.encode().as_bytes()).is_ok()
 }
 
-fn exit_record(st: WaitStatus, output_bytes: u64) -> ExitRecord {
+fn exit_record(st: WaitStatus, ended_at_ms: i64, output_bytes: u64) -> ExitRecord {
     let (exit_code, signal) = match st {
         WaitStatus::Exited(_, c) => (Some(c), None),
         WaitStatus::Signaled(_, s, _) => (None, Some(s as i32)),
@@ -746,6 +772,7 @@ fn exit_record(st: WaitStatus, output_bytes: u64) -> ExitRecord {
         exit_code,
         signal,
         output_bytes,
+        ended_at_ms,
     }
 }
 
@@ -840,6 +867,7 @@ fn run(args: impl IntoIterator<Item = OsString>, report: OwnedFd) -> Result<(), 
         &Report::Started {
             pid: job.pid,
             start_time: job.start_time,
+            started_at_ms: job.started_at_ms,
         },
     );
     if !told {
@@ -847,8 +875,8 @@ fn run(args: impl IntoIterator<Item = OsString>, report: OwnedFd) -> Result<(), 
         tracing::warn!("jobd is gone before the job's start was reported: killing the job");
         job.kill_all.kill();
     }
-    let st = supervise(&job, &mut pump, &sigchld)?;
-    let rec = exit_record(st, pump.writer.len());
+    let (st, ended_at_ms) = supervise(&job, &mut pump, &sigchld)?;
+    let rec = exit_record(st, ended_at_ms, pump.writer.len());
     write_exit(&args.job_dir, &rec)?;
     // Whatever was killed last may still be exiting: reap what has, the rest goes to init.
     reap(-1);
@@ -957,6 +985,7 @@ mod tests {
         let s = Report::Started {
             pid: 42,
             start_time: 99,
+            started_at_ms: 1_795_000_000_123,
         };
         assert_eq!(Report::decode(s.encode().as_bytes()), s);
         let f = Report::Failed("exec \"x\": not found\nin the rootfs".into());

@@ -407,6 +407,10 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     );
     assert_cleaned(&lost.id).await;
 
+    // E ends while no jobd runs: its record keeps the times its shim saw.
+    let quick = start(&mut c, sh("echo q; sleep 0.3; exit 2")).await;
+    cleanup.0.push(quick.id.clone());
+    drop(output_until(&mut c, &quick.id, b"q\n").await);
     let orphan_shim = shim_of(&orphan.id);
     jobd.child.kill().unwrap(); // SIGKILL
     jobd.child.wait().unwrap();
@@ -415,6 +419,10 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     // The writer keeps writing while no jobd runs.
     tokio::time::sleep(Duration::from_millis(700)).await;
 
+    let restarted_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let mut jobd = spawn_jobd_with(dir, port, &cfg);
     let mut c = connect(&jobd, dir).await;
     let out = all_output(&mut c, &writer.id, true).await;
@@ -431,6 +439,20 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
         "{a:?}"
     );
     assert_eq!(a.output_bytes, want.len() as u64);
+
+    let q = wait_final(&mut c, &quick.id).await;
+    assert_eq!(
+        (q.state, q.exit_code),
+        (JobState::Exited as i32, Some(2)),
+        "{q:?}"
+    );
+    let ran = q.ended_at_ms - q.started_at_ms;
+    assert!(
+        q.ended_at_ms < restarted_ms && (300..700).contains(&ran),
+        "ended at {} (jobd restarted at {restarted_ms}), ran {ran} ms",
+        q.ended_at_ms
+    );
+    assert_cleaned(&quick.id).await;
 
     let b = wait_final(&mut c, &timed.id).await;
     assert_eq!(b.state, JobState::Stopped as i32, "{b:?}");
