@@ -180,7 +180,11 @@ async fn start(c: &mut JobServiceClient<Channel>, spec: JobSpec) -> Result<Job> 
     Ok(job)
 }
 
-async fn drain(c: &mut JobServiceClient<Channel>, id: &str) -> Result<(u64, Option<Duration>)> {
+/// Streams a job's whole output: its length, the time to the first chunk, and its last bytes.
+async fn drain(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+) -> Result<(u64, Option<Duration>, Vec<u8>)> {
     let t = Instant::now();
     let mut s = c
         .stream_output(StreamOutputRequest {
@@ -192,13 +196,46 @@ async fn drain(c: &mut JobServiceClient<Channel>, id: &str) -> Result<(u64, Opti
         .into_inner();
     let mut n = 0;
     let mut first = None;
+    let mut tail = Vec::new();
     while let Some(ch) = s.message().await? {
         if first.is_none() {
             first = Some(t.elapsed());
         }
         n += ch.data.len() as u64;
+        tail.extend_from_slice(&ch.data[ch.data.len().saturating_sub(64)..]);
+        tail.drain(..tail.len().saturating_sub(64));
     }
-    Ok((n, first))
+    Ok((n, first, tail))
+}
+
+/// The fan-out job: after `delay` s, writes `bytes` zero bytes to stdout and then, on stderr,
+/// how long the writing took as the job itself measured it (`took N us`).
+fn fanout_writer(bytes: u64, delay: u32) -> JobSpec {
+    let py = format!(
+        "import sys,time\nb=bytes(100000);o=sys.stdout.buffer;t=time.monotonic()\n\
+         for _ in range({}): o.write(b)\n\
+         o.write(bytes({}));o.flush()\n\
+         sys.stderr.write('\\ntook %d us\\n' % ((time.monotonic()-t)*1e6))",
+        bytes / 100_000,
+        bytes % 100_000
+    );
+    JobSpec {
+        command: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("sleep {delay}; exec python3 -c \"$0\""),
+            py,
+        ],
+        ..Default::default()
+    }
+}
+
+/// The writer's own measurement from the end of a stream: `(payload bytes, µs)`.
+fn self_timed(n: u64, tail: &[u8]) -> Option<(u64, u64)> {
+    let text = String::from_utf8_lossy(tail);
+    let line = text.rsplit_once("\ntook ")?.1;
+    let us = line.strip_suffix(" us\n")?.parse().ok()?;
+    Some((n - ("\ntook ".len() + line.len()) as u64, us))
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -328,13 +365,15 @@ async fn fan_out(
     c: &mut JobServiceClient<Channel>,
     pid: u32,
 ) -> Result<()> {
-    let writer = format!("head -c {} /dev/zero", args.fanout_bytes);
-    let alone = start(c, sh(&writer)).await?;
-    let (n, _) = drain(c, &alone.id).await?;
+    let alone = start(c, fanout_writer(args.fanout_bytes, 0)).await?;
+    let (n, _, tail) = drain(c, &alone.id).await?;
     let a = wait_end(c, &alone.id).await?;
     let alone_ms = (a.ended_at_ms - a.started_at_ms).max(1);
-    if n != args.fanout_bytes {
-        bail!("lone stream got {n} bytes");
+    let Some((payload, alone_us)) = self_timed(n, &tail) else {
+        bail!("the lone stream ended without the writer's timing: {tail:?}");
+    };
+    if payload != args.fanout_bytes {
+        bail!("lone stream got {payload} bytes");
     }
     let mut clients = Vec::new();
     for i in 0..args.fanout_clients {
@@ -342,7 +381,7 @@ async fn fan_out(
             clients.push(connect(jobd).await?);
         }
     }
-    let job = start(c, sh(&format!("sleep 1; {writer}"))).await?;
+    let job = start(c, fanout_writer(args.fanout_bytes, 1)).await?;
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
@@ -361,10 +400,12 @@ async fn fan_out(
         let id = job.id.clone();
         tasks.push(tokio::spawn(async move { drain(&mut c, &id).await }));
     }
-    let mut complete = 0;
+    let (mut complete, mut fan_us) = (0, None);
     for t in tasks {
-        if t.await??.0 == args.fanout_bytes {
-            complete += 1;
+        let (n, _, tail) = t.await??;
+        if let Some((payload, us)) = self_timed(n, &tail) {
+            complete += u32::from(payload == args.fanout_bytes);
+            fan_us = Some(us);
         }
     }
     let fan = t.elapsed();
@@ -372,19 +413,23 @@ async fn fan_out(
     let _ = sampler.join();
     let f = wait_end(c, &job.id).await?;
     let fan_ms = (f.ended_at_ms - f.started_at_ms - 1000).max(1);
+    let fan_us = fan_us.context("no stream carried the writer's timing")?;
     println!(
-        "fan-out: {} clients (streams over {} TLS connections) x {} bytes: {complete}/{} complete in {:.1} s; jobd peak RSS {} KiB; job {} ms alone vs {} ms with clients (ratio {:.2})",
+        "fan-out: {} clients (streams over {} TLS connections) x {} bytes: {complete}/{} complete in {:.1} s; jobd peak RSS {} KiB",
         args.fanout_clients,
         clients.len(),
         args.fanout_bytes,
         args.fanout_clients,
         fan.as_secs_f64(),
         peak.load(std::sync::atomic::Ordering::Relaxed),
-        alone_ms,
-        fan_ms,
+    );
+    println!(
+        "  the job alone vs with the clients: writing as it measured it {:.0} vs {:.0} ms (ratio {:.2}); start to end as its shim saw it {alone_ms} vs {fan_ms} ms (ratio {:.2})",
+        alone_us as f64 / 1000.0,
+        fan_us as f64 / 1000.0,
+        fan_us as f64 / alone_us.max(1) as f64,
         fan_ms as f64 / alone_ms as f64
     );
-
     Ok(())
 }
 

@@ -60,6 +60,8 @@ pub struct Unfinished {
     pub pid_start: Option<u64>,
     /// The job's shim (pid, start time), once spawned.
     pub shim: Option<(i32, u64)>,
+    /// A stop in progress: its reason and when SIGKILL is due (ms since the epoch).
+    pub stop: Option<(String, i64)>,
 }
 
 /// The job database.
@@ -78,22 +80,30 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid INTEGER,
     pid_start INTEGER,
     shim_pid INTEGER,
-    shim_start INTEGER
+    shim_start INTEGER,
+    stop_reason TEXT,
+    stop_kill_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_owner_seq ON jobs(owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
 ";
 
-/// Databases made before jobs had shims lack the shim columns.
-fn add_shim_columns(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let has: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'shim_pid'")?
-        .exists([])?;
-    if !has {
-        conn.execute_batch(
-            "ALTER TABLE jobs ADD COLUMN shim_pid INTEGER;
-             ALTER TABLE jobs ADD COLUMN shim_start INTEGER;",
-        )?;
+/// Columns added after the first schema, which older databases lack.
+const ADDED_COLUMNS: [(&str, &str); 4] = [
+    ("shim_pid", "INTEGER"),
+    ("shim_start", "INTEGER"),
+    ("stop_reason", "TEXT"),
+    ("stop_kill_at_ms", "INTEGER"),
+];
+
+fn add_missing_columns(conn: &Connection) -> Result<(), rusqlite::Error> {
+    for (name, kind) in ADDED_COLUMNS {
+        let has: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = ?1")?
+            .exists([name])?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {kind};"))?;
+        }
     }
     Ok(())
 }
@@ -121,7 +131,7 @@ impl Db {
         conn.pragma_update(None, "busy_timeout", 5000)
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        add_shim_columns(&conn).map_err(err)?;
+        add_missing_columns(&conn).map_err(err)?;
         Ok(Db {
             conn: Mutex::new(conn),
         })
@@ -185,12 +195,25 @@ impl Db {
         Ok(())
     }
 
+    /// Records a stop in progress: why (the manager's encoding) and when SIGKILL is due, so
+    /// that a jobd restarted in the grace period finishes it.
+    pub fn set_stop(&self, id: &str, reason: &str, kill_at_ms: i64) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET stop_reason = ?2, stop_kill_at_ms = ?3 WHERE id = ?1",
+                params![id, reason, kill_at_ms],
+            )
+            .map_err(Self::q("set stop", id))?;
+        Ok(())
+    }
+
     /// Writes a final record and forgets the job's processes, in one statement.
     pub fn finish(&self, job: &Job) -> Result<(), DbError> {
         self.conn()
             .execute(
                 "UPDATE jobs SET state = ?2, record = ?3, pid = NULL, pid_start = NULL, \
-                 shim_pid = NULL, shim_start = NULL WHERE id = ?1",
+                 shim_pid = NULL, shim_start = NULL, stop_reason = NULL, \
+                 stop_kill_at_ms = NULL WHERE id = ?1",
                 params![job.id, job.state, strip(job)],
             )
             .map_err(Self::q("finish", &job.id))?;
@@ -294,8 +317,8 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT id, record, pid, pid_start, shim_pid, shim_start FROM jobs \
-                 WHERE state IN (?1, ?2)",
+                "SELECT id, record, pid, pid_start, shim_pid, shim_start, stop_reason, \
+                 stop_kill_at_ms FROM jobs WHERE state IN (?1, ?2)",
             )
             .map_err(Self::q("unfinished", "-"))?;
         let rows = stmt
@@ -309,13 +332,15 @@ impl Db {
                         r.get::<_, Option<i64>>(3)?,
                         r.get::<_, Option<i32>>(4)?,
                         r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<i64>>(7)?,
                     ))
                 },
             )
             .map_err(Self::q("unfinished", "-"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, blob, pid, start, shim_pid, shim_start) =
+            let (id, blob, pid, start, shim_pid, shim_start, stop, kill_at) =
                 row.map_err(Self::q("unfinished", "-"))?;
             let job = Job::decode(blob.as_slice())
                 .map_err(|source| DbError::Decode { job_id: id, source })?;
@@ -324,6 +349,7 @@ impl Db {
                 pid,
                 pid_start: start.map(|s| s as u64),
                 shim: shim_pid.zip(shim_start.map(|s| s as u64)),
+                stop: stop.zip(kill_at),
             });
         }
         Ok(out)
@@ -360,6 +386,8 @@ mod tests {
                 .unwrap();
             db.set_shim(&job(1, "alice", JobState::Running).id, (41, 6))
                 .unwrap();
+            db.set_stop(&job(1, "alice", JobState::Running).id, "request", 1234)
+                .unwrap();
             let mut j = job(2, "bob", JobState::Starting);
             db.insert(&j).unwrap();
             j.state = JobState::Exited as i32;
@@ -377,11 +405,12 @@ mod tests {
         assert_eq!(un.len(), 1);
         assert_eq!((un[0].pid, un[0].pid_start), (Some(42), Some(7)));
         assert_eq!(un[0].shim, Some((41, 6)));
+        assert_eq!(un[0].stop, Some(("request".into(), 1234)));
         assert!(db.get("nope").unwrap().is_none());
     }
 
     #[test]
-    fn a_database_from_before_shims_gains_the_shim_columns() {
+    fn a_database_from_before_shims_gains_the_added_columns() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
         Connection::open(&path)
@@ -396,7 +425,10 @@ mod tests {
         let j = job(1, "alice", JobState::Running);
         db.insert(&j).unwrap();
         db.set_shim(&j.id, (5, 6)).unwrap();
-        assert_eq!(db.unfinished().unwrap()[0].shim, Some((5, 6)));
+        db.set_stop(&j.id, "shutdown", 9).unwrap();
+        let un = db.unfinished().unwrap();
+        assert_eq!(un[0].shim, Some((5, 6)));
+        assert_eq!(un[0].stop, Some(("shutdown".into(), 9)));
         drop(db);
         Db::open(&path).expect("reopening a migrated database");
     }

@@ -85,6 +85,23 @@ enum StopReason {
 }
 
 impl StopReason {
+    /// How the database keeps it ([`Db::set_stop`]).
+    fn encode(&self) -> String {
+        match self {
+            StopReason::Request => "request".into(),
+            StopReason::Timeout(ms) => format!("timeout:{ms}"),
+            StopReason::Shutdown => "shutdown".into(),
+        }
+    }
+
+    fn decode(text: &str) -> StopReason {
+        match text.split_once(':') {
+            Some(("timeout", ms)) => StopReason::Timeout(ms.parse().unwrap_or(0)),
+            _ if text == "shutdown" => StopReason::Shutdown,
+            _ => StopReason::Request,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             StopReason::Request => "stopped by request".into(),
@@ -395,19 +412,21 @@ impl Manager {
                 .and_then(|(pid, start)| ShimProc::open(pid, start, true));
             let running = u.job.state == JobState::Running as i32;
             match (shim, u.pid.zip(u.pid_start)) {
-                (Some(shim), Some(pid)) if running => self.readopt(u.job, shim, pid)?,
+                (Some(shim), Some(pid)) if running => self.readopt(u.job, shim, pid, u.stop)?,
                 (shim, _) => self.settle_stale(u, shim).await?,
             }
         }
         Ok(n)
     }
 
-    /// Follows a running job whose shim survived jobd's restart.
+    /// Follows a running job whose shim survived jobd's restart, and finishes the stop that
+    /// was in progress, if any (SIGKILL when its grace period ends, the record `stopped`).
     fn readopt(
         self: &Arc<Self>,
         job: Job,
         shim: ShimProc,
         (pid, pid_start): (i32, u64),
+        stop: Option<(String, i64)>,
     ) -> Result<(), ManagerError> {
         let dir = self.job_dir(&job.id);
         let (log, tail) = OutputLog::resume(&dir)?;
@@ -424,10 +443,15 @@ impl Manager {
             record: watch::channel(job.clone()).0,
             output: log,
             handle: OnceLock::new(),
-            stop: Mutex::new(None),
+            stop: Mutex::new(stop.as_ref().map(|(reason, _)| StopReason::decode(reason))),
         });
         if let Some(h) = &handle {
             let _ = live.handle.set(h.clone());
+            if let Some((reason, kill_at_ms)) = &stop {
+                tracing::info!(job_id = %job.id, reason, "resuming a stop in progress");
+                let left = kill_at_ms.saturating_sub(now_ms()).max(0) as u64;
+                kill_after_grace(h.clone(), &live, left);
+            }
         }
         self.live_map().insert(job.id.clone(), live.clone());
         self.register_child(shim.pid, true);
@@ -493,6 +517,10 @@ impl Manager {
         match (finished_alone, record) {
             (true, Some(rec)) => {
                 apply_exit(&mut job, &rec);
+                if let Some((reason, _)) = &u.stop {
+                    job.state = JobState::Stopped as i32;
+                    job.failure_reason = StopReason::decode(reason).describe();
+                }
                 tracing::info!(job_id = %job.id, "job ended while jobd was away; finalised from its exit record");
             }
             _ => {
@@ -856,6 +884,12 @@ impl Manager {
         {
             let mut stop = live.stop.lock().unwrap_or_else(|p| p.into_inner());
             if stop.is_none() {
+                // Kept so that a jobd restarted within the grace period finishes the stop.
+                let id = live.record.borrow().id.clone();
+                let kill_at = now_ms().saturating_add(grace_ms as i64);
+                if let Err(e) = self.db.set_stop(&id, &reason.encode(), kill_at) {
+                    tracing::error!(job_id = %id, error = %e, "record the stop");
+                }
                 *stop = Some(reason);
             }
         }
@@ -865,19 +899,7 @@ impl Manager {
         if let Err(e) = handle.signal_all(Signal::SIGTERM) {
             tracing::debug!(error = %e, "SIGTERM");
         }
-        let mut rx = live.record.subscribe();
-        tokio::spawn(async move {
-            let ended = tokio::time::timeout(
-                Duration::from_millis(grace_ms),
-                rx.wait_for(|j| is_final(j.state)),
-            )
-            .await;
-            if ended.is_err() {
-                if let Err(e) = handle.signal_all(Signal::SIGKILL) {
-                    tracing::debug!(error = %e, "SIGKILL");
-                }
-            }
-        });
+        kill_after_grace(handle, live, grace_ms);
     }
 
     /// Stops a job: SIGTERM to all its processes, SIGKILL to all after `grace_ms` (0 = default).
@@ -1016,6 +1038,23 @@ pub fn ensure_dir(path: &Path) -> Result<(), ManagerError> {
 }
 
 /// Copies the shim's exit record into a job's record and sets its state from it.
+/// SIGKILL to every process of the job after `grace_ms`, unless it has ended by then.
+fn kill_after_grace(handle: Arc<dyn JobHandle>, live: &Live, grace_ms: u64) {
+    let mut rx = live.record.subscribe();
+    tokio::spawn(async move {
+        let ended = tokio::time::timeout(
+            Duration::from_millis(grace_ms),
+            rx.wait_for(|j| is_final(j.state)),
+        )
+        .await;
+        if ended.is_err() {
+            if let Err(e) = handle.signal_all(Signal::SIGKILL) {
+                tracing::debug!(error = %e, "SIGKILL");
+            }
+        }
+    });
+}
+
 fn apply_exit(job: &mut Job, rec: &ExitRecord) {
     job.exit_code = rec.exit_code;
     job.signal = rec.signal;

@@ -411,6 +411,27 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     let quick = start(&mut c, sh("echo q; sleep 0.3; exit 2")).await;
     cleanup.0.push(quick.id.clone());
     drop(output_until(&mut c, &quick.id, b"q\n").await);
+    // F ignores SIGTERM and is being stopped (1.5 s grace) when jobd dies: the next jobd must
+    // finish the stop, SIGKILL when the grace period ends.
+    let stubborn = start(&mut c, sh("trap '' TERM; echo f; sleep 1000")).await;
+    cleanup.0.push(stubborn.id.clone());
+    drop(output_until(&mut c, &stubborn.id, b"f\n").await);
+    let stop_asked_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let stopping = {
+        let (mut c, id) = (c.clone(), stubborn.id.clone());
+        tokio::spawn(async move {
+            let _ = c
+                .stop_job(StopJobRequest {
+                    job_id: id,
+                    grace_period_ms: 1500,
+                })
+                .await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let orphan_shim = shim_of(&orphan.id);
     jobd.child.kill().unwrap(); // SIGKILL
     jobd.child.wait().unwrap();
@@ -439,6 +460,18 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
         "{a:?}"
     );
     assert_eq!(a.output_bytes, want.len() as u64);
+
+    let _ = stopping.await;
+    let f = wait_final(&mut c, &stubborn.id).await;
+    assert_eq!(f.state, JobState::Stopped as i32, "{f:?}");
+    assert_eq!(f.failure_reason, "stopped by request", "{f:?}");
+    assert_eq!(f.signal, Some(9), "{f:?}");
+    let after = f.ended_at_ms - stop_asked_ms;
+    assert!(
+        (1400..6000).contains(&after),
+        "SIGKILL {after} ms after the stop with a 1.5 s grace period"
+    );
+    assert_cleaned(&stubborn.id).await;
 
     let q = wait_final(&mut c, &quick.id).await;
     assert_eq!(
