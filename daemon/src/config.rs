@@ -116,6 +116,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// What to do with running jobs on shutdown.
     pub shutdown_policy: ShutdownPolicy,
+    /// jobd's own nice value (-20..=19). The jobs and their shims run at 0 whatever it is, so
+    /// with the default 10 a job gets the CPU before jobd's work for clients (TLS, streaming):
+    /// a thousand followers do not slow the job they follow.
+    pub nice: i32,
 }
 
 impl Default for Config {
@@ -135,6 +139,7 @@ impl Default for Config {
             upload_cap_bytes: 16 << 20,
             max_message_bytes: 20 << 20,
             shutdown_policy: ShutdownPolicy::Stop,
+            nice: 10,
         }
     }
 }
@@ -181,6 +186,12 @@ impl Config {
                         .into(),
                 });
             }
+        }
+        if !(-20..=19).contains(&self.nice) {
+            return Err(ConfigError::Invalid {
+                field: "nice",
+                reason: format!("{} is not a nice value: expected -20 to 19", self.nice),
+            });
         }
         Ok(())
     }
@@ -235,7 +246,11 @@ mod tests {
         assert_eq!(c.shutdown_policy, ShutdownPolicy::Leave);
         assert_eq!(c.default_limits.pids, 64);
         assert_eq!(c.default_limits.memory_bytes, 512 << 20);
+        assert_eq!(c.nice, 10);
         std::fs::write(&p, "bogus = 1\n").unwrap();
         assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
+        std::fs::write(&p, "nice = 20\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("nice") && e.contains("-20 to 19"), "{e}");
     }
 }

@@ -808,6 +808,12 @@ fn run(args: impl IntoIterator<Item = OsString>, report: OwnedFd) -> Result<(), 
             return Err(e);
         }
     };
+    // The job and the shim that drains its pipes run at the normal priority whatever jobd's
+    // (jobd may serve its clients at a lower one: see `Config::nice`).
+    // SAFETY: setpriority with integer arguments; who = 0 is this (single-threaded) process.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) } != 0 {
+        tracing::warn!(error = %Errno::last(), "reset the shim's nice value");
+    }
     // Orphans of the job come to the shim, which reaps them; jobd may be gone.
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {

@@ -280,6 +280,18 @@ async fn wait_final(c: &mut JobServiceClient<Channel>, id: &str) -> Job {
     }
 }
 
+/// Field 19 of a /proc stat file: the nice value.
+fn nice_of(stat: &Path) -> i32 {
+    let text = std::fs::read_to_string(stat).unwrap();
+    let after_comm = text.rsplit_once(')').unwrap().1;
+    after_comm
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Waits (bounded) until nothing of `id` is left on the host.
 async fn assert_cleaned(id: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -397,6 +409,24 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
             assert_eq!(t, "/dev/null", "shim fd {n:?}");
         }
     }
+    // jobd serves at its configured nice value (default 10) and every thread of it does; the
+    // shim and the job run at 0, ahead of jobd's work for clients.
+    let jobd_pid = jobd.child.id();
+    for t in std::fs::read_dir(format!("/proc/{jobd_pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        assert_eq!(nice_of(&t.path().join("stat")), 10, "jobd thread {t:?}");
+    }
+    assert_eq!(nice_of(Path::new(&format!("/proc/{shim}/stat"))), 0);
+    let niced = start(
+        &mut c,
+        sh("read -r s < /proc/self/stat; set -- $s; echo nice=${19}"),
+    )
+    .await;
+    cleanup.0.push(niced.id.clone());
+    assert_eq!(all_output(&mut c, &niced.id, true).await, b"nice=0\n");
+
     kill9(shim_of(&lost.id));
     let d = wait_final(&mut c, &lost.id).await;
     assert_eq!(d.state, JobState::Failed as i32, "{d:?}");

@@ -178,6 +178,13 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_CHILD_SUBREAPER)");
     }
+    // Before the runtime's threads exist, which inherit it (on Linux a nice value is per
+    // thread). The shims put themselves and their jobs back at 0.
+    // SAFETY: setpriority with integer arguments; who = 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, cfg.nice) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("set jobd's nice value to {}", cfg.nice));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Blocking-pool threads, once made, stay: no thread churn under load.
