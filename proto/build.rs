@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's codec with buffers sized for streamed output (see src/codec.rs).
+        .codec_path("crate::codec::JobCodec")
         .compile_fds(fds)?;
     Ok(())
 }

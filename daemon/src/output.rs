@@ -424,6 +424,19 @@ impl OutputWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each streamed message is one chunk: it must fit the codec's initial encode buffer, or
+    /// every message would reallocate it (see proto::codec).
+    #[test]
+    fn a_full_chunk_fits_the_codecs_encode_buffer() {
+        use prost::Message;
+        let chunk = proto::OutputChunk {
+            offset: u64::MAX,
+            data: vec![0xff; CHUNK],
+            stream: OutputStream::Stderr as i32,
+        };
+        assert!(chunk.encoded_len() + 5 <= proto::codec::ENCODE_BUFFER_BYTES);
+    }
     use crate::output_store::OutputWriter;
     use std::time::Duration;
 

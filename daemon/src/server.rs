@@ -104,11 +104,12 @@ impl Running {
     }
 }
 
-/// The most response data HTTP/2 buffers for one stream before it stops taking more from the
-/// stream's follower (hyper's default is 400 KiB). With 1,000 streams of one job every
-/// buffered chunk counts 1,000 times: one chunk here and one in the follower's queue keep a
-/// connection busy.
-const STREAM_SEND_BUFFER: usize = 16 * 1024;
+/// The response data HTTP/2 buffers for one stream before it stops taking more from the
+/// stream's follower (hyper's default is 400 KiB). A frame larger than this is still taken
+/// whole, so this small value means: one output chunk per stream waits in HTTP/2, the next is
+/// taken when it has gone. With 1,000 streams of one job every buffered chunk counts 1,000
+/// times; a connection carrying many streams stays busy all the same.
+const STREAM_SEND_BUFFER: usize = 1024;
 /// How long shutdown waits for open connections to finish their calls.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// HTTP/2 pings on idle connections.

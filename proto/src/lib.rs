@@ -8,4 +8,6 @@ pub mod v1 {
     tonic::include_proto!("jobworker.v1");
 }
 
+pub mod codec;
+
 pub use v1::*;
