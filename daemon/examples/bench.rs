@@ -38,8 +38,8 @@ struct Args {
     /// Concurrently running `sleep` jobs (0 skips that run).
     #[arg(long, default_value_t = 1000)]
     running_jobs: usize,
-    /// Where the default rootfs is built once and kept, and each run's data directory is made
-    /// (and removed after). Not a fresh temporary directory: rebuilding and deleting the
+    /// Where the default rootfs is built once and kept, and the image of each run's data
+    /// filesystem is made. Not a fresh temporary directory: rebuilding and deleting the
     /// rootfs's thousands of files on every run slows the next run's file creations on
     /// journal-less ext4 (see `fs_create_cost`).
     #[arg(long, default_value = "/var/tmp/jobd-bench")]
@@ -49,6 +49,10 @@ struct Args {
     /// do unless they yield.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     client_nice: i32,
+    /// Put the data directory under --dir on the host's filesystem instead of a new ext4 made
+    /// for the run (see `FreshFs`).
+    #[arg(long)]
+    data_on_host_fs: bool,
 }
 
 struct Jobd {
@@ -100,11 +104,50 @@ fn fs_create_cost(dir: &Path) -> Result<(String, u128)> {
     Ok((kind.to_string(), pct(&mut t, 0.5).as_micros()))
 }
 
-fn spawn(jobd: &Path, base: &Path) -> Result<Jobd> {
+/// A new journaled ext4 (a sparse image under `base`, loop-mounted on `base/mnt`) for one
+/// run's data directory, unmounted when dropped: every run starts from the same clean
+/// filesystem, as a host's /var/lib would be, instead of inheriting the previous runs'
+/// deletions.
+struct FreshFs {
+    mnt: PathBuf,
+}
+
+impl FreshFs {
+    fn new(base: &Path) -> Result<FreshFs> {
+        let img = base.join("data.img");
+        let mnt = base.join("mnt");
+        std::fs::File::create(&img)?.set_len(4 << 30)?;
+        let run = |cmd: &mut Command| -> Result<()> {
+            let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+            if !out.status.success() {
+                bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))?;
+        std::fs::create_dir_all(&mnt)?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt))?;
+        Ok(FreshFs { mnt })
+    }
+}
+
+impl Drop for FreshFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn spawn(jobd: &Path, base: &Path, run_parent: &Path) -> Result<Jobd> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(base)?;
     std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711))?;
-    let dir = tempfile::Builder::new().prefix("run").tempdir_in(base)?;
+    std::fs::set_permissions(run_parent, std::fs::Permissions::from_mode(0o711))?;
+    let dir = tempfile::Builder::new()
+        .prefix("run")
+        .tempdir_in(run_parent)?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -293,7 +336,14 @@ fn set_nice(nice: i32) -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let jobd = spawn(&args.jobd, &args.dir)?;
+    std::fs::create_dir_all(&args.dir)?;
+    let fresh = if args.data_on_host_fs {
+        None
+    } else {
+        Some(FreshFs::new(&args.dir)?)
+    };
+    let run_parent = fresh.as_ref().map_or(args.dir.clone(), |f| f.mnt.clone());
+    let jobd = spawn(&args.jobd, &args.dir, &run_parent)?;
     let pid = jobd.child.id();
     let mut c = connect(&jobd).await?;
     let jobs_dir = jobd.dir.path().join("data/jobs");

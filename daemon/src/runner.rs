@@ -38,6 +38,8 @@ pub struct RuntimeExecutor {
     /// The empty directory every shim mounts its job's tmpfs on, in its own mount namespace
     /// (see [`scratch_dir`]).
     pub scratch: PathBuf,
+    /// Compiled seccomp filters, shared by every job (see [`seccomp_cache_dir`]).
+    pub seccomp_cache: PathBuf,
     /// job-init; `None` = the runtime's default (next to this executable, or `$JOB_RUNTIME_INIT`).
     pub init_path: Option<PathBuf>,
 }
@@ -47,6 +49,12 @@ pub struct RuntimeExecutor {
 /// the data directory's filesystem for it.
 pub fn scratch_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("scratch")
+}
+
+/// The runtime's cache of compiled seccomp filters for jobd's jobs: compiling the default
+/// profile costs more than a millisecond; every job of a jobd uses the same one.
+pub fn seccomp_cache_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("seccomp-cache")
 }
 
 /// The whole-disk block device (major, minor) that holds `path`, for blkio throttles.
@@ -137,6 +145,7 @@ impl RuntimeExecutor {
                 working_dir: req.working_dir.clone(),
             },
             init: self.init_path.clone(),
+            seccomp_cache: self.seccomp_cache.clone(),
             config_json,
             input_tar: req.input_tar,
         })
@@ -372,6 +381,7 @@ pub(crate) mod tests {
                 Arc::new(RuntimeExecutor {
                     rootfs,
                     scratch,
+                    seccomp_cache: seccomp_cache_dir(data),
                     init_path: Some(init),
                 })
             },
@@ -603,6 +613,13 @@ pub(crate) mod tests {
         tokio::time::timeout(Duration::from_secs(60), all)
             .await
             .expect("concurrent starts hung (a launch never finished)");
+        // One filter compiled and cached for all of them.
+        let cached: Vec<_> = fs::read_dir(seccomp_cache_dir(&h.cfg.data_dir))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(cached.len(), 1, "{cached:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,9 @@ pub enum Launch {
         id: String,
         layer: LayerPlan,
         init: Option<PathBuf>,
+        /// The compiled seccomp filter cache shared by all jobs (each job's state root is its
+        /// own, so the runtime's default cache beside it would never hit).
+        seccomp_cache: PathBuf,
         /// The bundle's config.json. Not on the command line: [`spawn`] hands it to the shim
         /// in a memfd on [`CONFIG_FD`], and the shim reads it back from there.
         config_json: Vec<u8>,
@@ -120,7 +123,11 @@ impl ShimArgs {
         ];
         match &self.launch {
             Launch::Container {
-                id, layer, init, ..
+                id,
+                layer,
+                init,
+                seccomp_cache,
+                ..
             } => {
                 a.extend([
                     "container".into(),
@@ -136,6 +143,8 @@ impl ShimArgs {
                     layer.owner.to_string().into(),
                     "--workdir".into(),
                     layer.working_dir.clone().into(),
+                    "--seccomp-cache".into(),
+                    seccomp_cache.clone().into(),
                 ]);
                 if let Some(init) = init {
                     a.extend(["--init".into(), init.clone().into()]);
@@ -191,6 +200,7 @@ impl ShimArgs {
             };
             let (mut id, mut scratch, mut size, mut lower, mut owner, mut wd, mut init) =
                 (None, None, None, None, None, None, None);
+            let mut seccomp_cache = None;
             while let Some(a) = it.next() {
                 match a.to_str() {
                     Some("--id") => id = value(&mut it, "--id")?.into_string().ok(),
@@ -206,6 +216,9 @@ impl ShimArgs {
                     }
                     Some("--workdir") => wd = Some(lossy(value(&mut it, "--workdir")?)),
                     Some("--init") => init = Some(value(&mut it, "--init")?.into()),
+                    Some("--seccomp-cache") => {
+                        seccomp_cache = Some(value(&mut it, "--seccomp-cache")?.into())
+                    }
                     _ => return Err(usage(format!("container: unexpected argument {a:?}"))),
                 }
             }
@@ -220,6 +233,7 @@ impl ShimArgs {
                     working_dir: wd.ok_or_else(|| required("--workdir"))?,
                 },
                 init,
+                seccomp_cache: seccomp_cache.ok_or_else(|| required("--seccomp-cache"))?,
                 config_json: Vec::new(),
                 input_tar: Vec::new(),
             }
@@ -575,6 +589,7 @@ fn launch(launch: &Launch, out: &OwnedFd, err: &OwnedFd) -> Result<Started, Stri
             id,
             layer: plan,
             init,
+            seccomp_cache,
             config_json,
             input_tar,
         } => {
@@ -595,6 +610,7 @@ fn launch(launch: &Launch, out: &OwnedFd, err: &OwnedFd) -> Result<Started, Stri
             let mut opts = CreateOptions::new(id, &built.bundle, &built.state_root);
             opts.stdio = Some([devnull.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()]);
             opts.init_path = init.clone();
+            opts.seccomp_cache = Some(seccomp_cache.clone());
             let mut c = container::create(&opts).map_err(|e| e.to_string())?;
             if let Err(e) = c.start() {
                 let _ = c.delete(true);
@@ -943,6 +959,7 @@ mod tests {
                     working_dir: "/work dir".into(),
                 },
                 init: Some("/usr/bin/job-init".into()),
+                seccomp_cache: "/d/seccomp-cache".into(),
                 config_json: Vec::new(),
                 input_tar: Vec::new(),
             },

@@ -92,6 +92,9 @@ pub struct CreateOptions {
     pub stdio: Option<[RawFd; 3]>,
     /// job-init to exec; `None` looks next to the running executable.
     pub init_path: Option<PathBuf>,
+    /// Where compiled seccomp filters are cached; `None` = `ROOT/@seccomp-cache`. A caller
+    /// that gives each container a state root of its own (jobd) shares one here.
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 impl CreateOptions {
@@ -106,6 +109,7 @@ impl CreateOptions {
             systemd_cgroup: false,
             stdio: None,
             init_path: None,
+            seccomp_cache: None,
         }
     }
 }
@@ -248,7 +252,10 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
         cgroup: &cgroup,
         fifo: Some(&fifo),
         console: console.as_ref(),
-        seccomp_cache: &seccomp_cache(&opts.root),
+        seccomp_cache: &opts
+            .seccomp_cache
+            .clone()
+            .unwrap_or_else(|| seccomp_cache(&opts.root)),
         preserve_fds: opts.preserve_fds,
         stdio: opts.stdio,
         init_path: &init_path,

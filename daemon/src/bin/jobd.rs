@@ -204,6 +204,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         let exec = runner::RuntimeExecutor {
             rootfs,
             scratch,
+            seccomp_cache: runner::seccomp_cache_dir(&cfg.data_dir),
             init_path: cfg.job_init.clone(),
         };
         let running = server::start(cfg, Arc::new(exec)).await?;
