@@ -22,7 +22,11 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
     exec unshare -m --propagation private "$0" "$@"
 fi
 
-work=$(mktemp -d /tmp/jobworker-bench.XXXXXX)
+# State roots and the bundle on a tmpfs, as /run is on the hosts these runtimes serve (their
+# default roots are /run/<runtime>). This VM's /tmp is ext4 without a journal, where creating a
+# file near many recent deletions costs up to a millisecond: that would measure the disk's
+# history, not the runtimes. BENCH_DIR overrides.
+work=$(mktemp -d "${BENCH_DIR:-/dev/shm}/jobworker-bench.XXXXXX")
 # The container root is an unprivileged host uid: it must be able to reach the bundle.
 chmod 755 "$work"
 cleanup() {
