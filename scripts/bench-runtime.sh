@@ -88,3 +88,19 @@ for path, title in zip(sys.argv[1:], ["run /bin/true", "create+start+delete"]):
     for peer in ("runc", "crun"):
         print(f"  ratio job-runtime/{peer}: {ours / med[peer]:.2f}")
 EOF
+
+# Throughput: THROUGHPUT_RUNS containers (`run /bin/true`) with THROUGHPUT_PAR in flight, each
+# runtime in turn: what the host sustains, the ceiling for any service built on a runtime.
+n=${THROUGHPUT_RUNS:-200}
+par=${THROUGHPUT_PAR:-16}
+echo
+echo "throughput: $n x run /bin/true, $par in flight"
+for pair in "job-runtime:$jr" "runc:$rc" "crun:$cr"; do
+    name=${pair%%:*}
+    cmd=${pair#*:}
+    start=$(date +%s.%N)
+    failed=""
+    seq "$n" | xargs -P "$par" -I{} sh -c "$cmd run -b $bundle t{} >/dev/null 2>&1" || failed=" (some runs FAILED)"
+    end=$(date +%s.%N)
+    python3 -c "import sys; n,s,e=int(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3]); print(f'  {sys.argv[4]:12} {n/(e-s):6.1f} containers/s{sys.argv[5]}')" "$n" "$start" "$end" "$name" "$failed"
+done
