@@ -16,7 +16,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -688,6 +688,46 @@ impl Pump {
         }
         Ok(())
     }
+
+    /// Waits up to `timeout` for the open pipes and `also` (if any) and reads the pipes that
+    /// are ready. Returns `None` when the time ran out, else whether `also` is readable.
+    fn poll_once(
+        &mut self,
+        also: Option<BorrowedFd<'_>>,
+        timeout: PollTimeout,
+    ) -> Result<Option<bool>, ShimError> {
+        let mut fds = Vec::with_capacity(3);
+        if let Some(fd) = also {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        let first_pipe = fds.len();
+        let mut streams = Vec::with_capacity(2);
+        for (fd, stream) in [
+            (self.out.as_ref(), OutputStream::Stdout),
+            (self.err.as_ref(), OutputStream::Stderr),
+        ] {
+            if let Some(fd) = fd {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                streams.push(stream);
+            }
+        }
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Ok(None),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(sys("poll")(e)),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (i, stream) in streams.into_iter().enumerate() {
+            if ready[first_pipe + i] {
+                self.read(stream)?;
+            }
+        }
+        Ok(Some(also.is_some() && ready[0]))
+    }
 }
 
 /// Reaps every exited child; returns the status of `main` if it was among them.
@@ -734,30 +774,7 @@ fn supervise(
                 .unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let (out, err) = (pump.out.as_ref(), pump.err.as_ref());
-        let mut fds = vec![PollFd::new(sigchld.as_fd(), PollFlags::POLLIN)];
-        let mut streams = Vec::new();
-        for (fd, stream) in [(out, OutputStream::Stdout), (err, OutputStream::Stderr)] {
-            if let Some(fd) = fd {
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                streams.push(stream);
-            }
-        }
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(sys("poll")(e)),
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        drop(fds);
-        for (i, stream) in streams.into_iter().enumerate() {
-            if ready[i + 1] {
-                pump.read(stream)?;
-            }
-        }
-        if ready[0] {
+        if pump.poll_once(Some(sigchld.as_fd()), timeout)? == Some(true) {
             while let Ok(Some(_)) = sigchld.read_signal() {}
             if let Some(st) = reap(job.pid) {
                 if status.is_none() {
@@ -909,35 +926,9 @@ fn run(args: impl IntoIterator<Item = OsString>, report: OwnedFd) -> Result<(), 
 fn drain_once(pump: &mut Pump, deadline: Instant) -> Result<(), ShimError> {
     let timeout = PollTimeout::try_from(deadline.saturating_duration_since(Instant::now()))
         .unwrap_or(PollTimeout::MAX);
-    let mut fds = Vec::new();
-    let mut streams = Vec::new();
-    for (fd, stream) in [
-        (pump.out.as_ref(), OutputStream::Stdout),
-        (pump.err.as_ref(), OutputStream::Stderr),
-    ] {
-        if let Some(fd) = fd {
-            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-            streams.push(stream);
-        }
-    }
-    match poll(&mut fds, timeout) {
-        Ok(0) => {
-            pump.out = None;
-            pump.err = None;
-            return Ok(());
-        }
-        Ok(_) | Err(Errno::EINTR) => {}
-        Err(e) => return Err(sys("poll")(e)),
-    }
-    let ready: Vec<bool> = fds
-        .iter()
-        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-        .collect();
-    drop(fds);
-    for (i, stream) in streams.into_iter().enumerate() {
-        if ready[i] {
-            pump.read(stream)?;
-        }
+    if pump.poll_once(None, timeout)?.is_none() {
+        pump.out = None;
+        pump.err = None;
     }
     Ok(())
 }
