@@ -75,14 +75,6 @@ pub struct Built {
     pub state_root: PathBuf,
 }
 
-/// The bundle and state paths a plan's filesystem has once built.
-pub fn paths(scratch: &Path) -> Built {
-    Built {
-        bundle: scratch.join("bundle"),
-        state_root: scratch.join("state"),
-    }
-}
-
 /// Moves the calling process into a new mount namespace whose mounts are slaves of the host's:
 /// host mounts and unmounts still reach it, and nothing mounted in it reaches the host. Single
 /// threaded callers only (unshare applies to the calling thread).
@@ -104,7 +96,10 @@ pub fn enter_private_mount_namespace() -> Result<(), LayerError> {
 /// uncompressed tar for the working directory (may be empty).
 pub fn build(plan: &LayerPlan, config_json: &[u8], input_tar: &[u8]) -> Result<Built, LayerError> {
     mount_scratch(plan)?;
-    let built = paths(&plan.scratch);
+    let built = Built {
+        bundle: plan.scratch.join("bundle"),
+        state_root: plan.scratch.join("state"),
+    };
     let (upper, work) = (
         plan.scratch.join("layer/upper"),
         plan.scratch.join("layer/work"),

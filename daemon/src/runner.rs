@@ -34,26 +34,48 @@ fn host(op: &'static str, job_id: &str, reason: impl ToString) -> ExecError {
 #[derive(Debug, Clone)]
 pub struct RuntimeExecutor {
     /// The shared read-only rootfs (overlay lower layer).
-    pub rootfs: PathBuf,
+    rootfs: PathBuf,
+    /// The block device holding the rootfs, the one a job reads (for blkio throttles).
+    rootfs_device: Option<(u64, u64)>,
     /// The empty directory every shim mounts its job's tmpfs on, in its own mount namespace
     /// (see [`scratch_dir`]).
-    pub scratch: PathBuf,
+    scratch: PathBuf,
     /// Compiled seccomp filters, shared by every job (see [`seccomp_cache_dir`]).
-    pub seccomp_cache: PathBuf,
+    seccomp_cache: PathBuf,
     /// job-init; `None` = the runtime's default (next to this executable, or `$JOB_RUNTIME_INIT`).
-    pub init_path: Option<PathBuf>,
+    init_path: Option<PathBuf>,
+}
+
+impl RuntimeExecutor {
+    /// The executor for the data directory `data_dir` (its scratch directory is created) and
+    /// the shared `rootfs`.
+    pub fn new(
+        data_dir: &Path,
+        rootfs: PathBuf,
+        init_path: Option<PathBuf>,
+    ) -> std::io::Result<RuntimeExecutor> {
+        let scratch = scratch_dir(data_dir);
+        fs::create_dir_all(&scratch)?;
+        Ok(RuntimeExecutor {
+            rootfs_device: block_device(&rootfs),
+            rootfs,
+            scratch,
+            seccomp_cache: seccomp_cache_dir(data_dir),
+            init_path,
+        })
+    }
 }
 
 /// The directory the shims mount their jobs' tmpfs on, under the data directory. One for all
 /// jobs: each mount is in its shim's namespace only, and a start makes and removes nothing on
 /// the data directory's filesystem for it.
-pub fn scratch_dir(data_dir: &Path) -> PathBuf {
+fn scratch_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("scratch")
 }
 
 /// The runtime's cache of compiled seccomp filters for jobd's jobs: compiling the default
 /// profile costs more than a millisecond; every job of a jobd uses the same one.
-pub fn seccomp_cache_dir(data_dir: &Path) -> PathBuf {
+fn seccomp_cache_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("seccomp-cache")
 }
 
@@ -133,7 +155,7 @@ impl RuntimeExecutor {
         let id = &req.job_id;
         // blkio throttles apply to the one block device the job reads: the rootfs's (its
         // writes go to memory).
-        let spec = job_spec(&req, block_device(&self.rootfs))?;
+        let spec = job_spec(&req, self.rootfs_device)?;
         let config_json = serde_json::to_vec(&spec).map_err(|e| host("encode spec", id, e))?;
         Ok(Launch::Container {
             id: req.job_id.clone(),
@@ -165,13 +187,10 @@ impl RuntimeExecutor {
 }
 
 impl Executor for RuntimeExecutor {
+    /// Makes nothing on the host (the shim builds the job's filesystem), so a failure leaves
+    /// nothing behind.
     fn prepare(&self, req: LaunchRequest) -> Result<Launch, ExecError> {
-        let id = req.job_id.clone();
-        self.launch(req).inspect_err(|_| {
-            if let Err(t) = self.teardown(&id) {
-                tracing::warn!(job_id = %id, error = %t, "cleanup after failed prepare");
-            }
-        })
+        self.launch(req)
     }
 
     fn handle(
@@ -375,16 +394,7 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let rootfs = busybox_rootfs(tmp.path()).expect("busybox for the test rootfs");
         let h = Harness::start_with(
-            move |data| {
-                let scratch = scratch_dir(data);
-                fs::create_dir_all(&scratch).unwrap();
-                Arc::new(RuntimeExecutor {
-                    rootfs,
-                    scratch,
-                    seccomp_cache: seccomp_cache_dir(data),
-                    init_path: Some(init),
-                })
-            },
+            move |data| Arc::new(RuntimeExecutor::new(data, rootfs, Some(init)).unwrap()),
             tweak,
             Some(tmp),
         )

@@ -199,14 +199,8 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         } else {
             tokio::task::spawn_blocking(move || rootfs::build_default_rootfs(&rootfs_dir)).await??
         };
-        let scratch = runner::scratch_dir(&cfg.data_dir);
-        manager::ensure_dir(&scratch)?;
-        let exec = runner::RuntimeExecutor {
-            rootfs,
-            scratch,
-            seccomp_cache: runner::seccomp_cache_dir(&cfg.data_dir),
-            init_path: cfg.job_init.clone(),
-        };
+        let exec = runner::RuntimeExecutor::new(&cfg.data_dir, rootfs, cfg.job_init.clone())
+            .with_context(|| format!("create {}/scratch", cfg.data_dir.display()))?;
         let running = server::start(cfg, Arc::new(exec)).await?;
         tokio::spawn(manager::run_reaper(running.manager.children()));
         use tokio::signal::unix::{signal, SignalKind};
