@@ -1,7 +1,7 @@
 //! jobd: the mTLS gRPC job service.
 //!
 //! Modules, one concern each: [`config`], [`certs`], [`tls`], [`auth`], [`db`], [`output`],
-//! [`output_store`], [`shim`], [`layer`],
+//! [`output_store`], [`shim`], [`shim_server`], [`layer`],
 //! [`executor`], [`runner`], [`manager`], [`service`], and [`server`] which ties them together.
 
 pub mod auth;
@@ -20,6 +20,7 @@ pub mod runner;
 pub mod server;
 pub mod service;
 pub mod shim;
+pub mod shim_server;
 pub mod tls;
 pub mod validate;
 

@@ -13,7 +13,7 @@
 //! an exit while jobd was away, and cleans up the rest with the reason in the record.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,6 +31,7 @@ use crate::db::{Db, DbError, ListFilter, Unfinished};
 use crate::executor::{ExecError, Executor, JobHandle, JobStats, LaunchRequest};
 use crate::output::{OutputError, OutputLog, OutputWatcher, Watched};
 use crate::shim::{self, ExitRecord, Report, ShimArgs};
+use crate::shim_server::{pidfd_open, ShimServer};
 
 /// Errors of the job manager.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +251,8 @@ pub struct Manager {
     exec: Arc<dyn Executor>,
     jobs_dir: PathBuf,
     shim: PathBuf,
+    /// Forks the shims (falls back to spawning `shim` when it cannot).
+    shim_server: Arc<ShimServer>,
     watcher: Arc<OutputWatcher>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     children: Arc<Children>,
@@ -262,16 +265,6 @@ pub struct Manager {
 const REPORT_LIMIT: Duration = Duration::from_secs(60);
 /// How long recovery waits for the shim of a job that was still starting to give up by itself.
 const STARTING_SHIM_LIMIT: Duration = Duration::from_secs(10);
-
-fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
 
 /// A job's shim, followed through a pidfd: jobd's child, or (after a restart) anybody's.
 #[derive(Debug)]
@@ -290,6 +283,11 @@ impl ShimProc {
         if now != start || (running_only && matches!(state, 'Z' | 'X')) {
             return None;
         }
+        ShimProc::adopt(pid, fd)
+    }
+
+    /// The shim behind `fd`, a pidfd for `pid` its parent took before it could be reaped.
+    fn adopt(pid: i32, fd: OwnedFd) -> Option<ShimProc> {
         // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same for its
         // whole lifetime.
         let fd =
@@ -354,6 +352,7 @@ impl Manager {
         Ok(Arc::new(Manager {
             workers: Workers::new(),
             watcher: OutputWatcher::start().map_err(ManagerError::Watcher)?,
+            shim_server: Arc::new(ShimServer::new(&shim)),
             shim,
             cfg,
             db,
@@ -620,8 +619,12 @@ impl Manager {
         // Prepare and spawn on an executor thread; the shim's pid is registered before the
         // orphan reaper may look again.
         self.children.launching.fetch_add(1, Ordering::SeqCst);
-        let (exec, shim_path, children) =
-            (self.exec.clone(), self.shim.clone(), self.children.clone());
+        let (exec, shim_path, shim_server, children) = (
+            self.exec.clone(),
+            self.shim.clone(),
+            self.shim_server.clone(),
+            self.children.clone(),
+        );
         let cap = self.cfg.output_cap_bytes;
         let spawned = self
             .workers
@@ -636,7 +639,13 @@ impl Manager {
                     cap,
                     launch,
                 };
-                let sp = shim::spawn(&shim_path, &args).map_err(|e| {
+                let sp = shim_server
+                    .spawn(&args)
+                    .or_else(|e| {
+                        tracing::warn!(job_id, error = %e, "no shim fork server: spawning the shim");
+                        shim::spawn(&shim_path, &args)
+                    })
+                    .map_err(|e| {
                     if let Err(c) = exec.cleanup(&job_id, &dir) {
                         tracing::warn!(job_id, error = %c, "cleanup after a failed shim spawn");
                     }
@@ -651,7 +660,10 @@ impl Manager {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(sp.pid);
-                let start = runtime::state::proc_stat(sp.pid).map_or(0, |(_, t)| t);
+                let start = match &sp.pinned {
+                    Some((_, start)) => *start,
+                    None => runtime::state::proc_stat(sp.pid).map_or(0, |(_, t)| t),
+                };
                 Ok((sp, start))
             })
             .await;
@@ -671,7 +683,11 @@ impl Manager {
         };
         let shim_pid = spawned.pid;
         self.db.set_shim(&id, (shim_pid, shim_start))?;
-        let Some(shim) = ShimProc::open(shim_pid, shim_start, false) else {
+        let shim = match spawned.pinned {
+            Some((pidfd, _)) => ShimProc::adopt(shim_pid, pidfd),
+            None => ShimProc::open(shim_pid, shim_start, false),
+        };
+        let Some(shim) = shim else {
             self.register_child(shim_pid, false);
             let reason = format!("the job's shim (pid {shim_pid}) vanished at once");
             return self.fail_start(live, watched, None, job, reason).await;
@@ -1020,6 +1036,8 @@ impl Manager {
                 .await;
             }
         }
+        let server = self.shim_server.clone();
+        let _ = tokio::task::spawn_blocking(move || server.stop()).await;
     }
 
     /// Whether shutdown has begun.

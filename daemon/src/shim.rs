@@ -68,7 +68,7 @@ pub enum ShimError {
     BadExit { path: PathBuf, reason: String },
 }
 
-fn sys(op: &'static str) -> impl FnOnce(Errno) -> ShimError {
+pub(crate) fn sys(op: &'static str) -> impl FnOnce(Errno) -> ShimError {
     move |source| ShimError::Sys { op, source }
 }
 
@@ -429,6 +429,23 @@ fn memfd_with(name: &str, data: &[u8]) -> Result<OwnedFd, ShimError> {
     Ok(f.into())
 }
 
+/// A container's config.json and input tar in memfds, for fds [`CONFIG_FD`] and [`INPUT_FD`]:
+/// not on the command line (size) nor in files (no writes on the data directory's
+/// filesystem). `None` for a host launch.
+pub(crate) fn payload_memfds(launch: &Launch) -> Result<Option<(OwnedFd, OwnedFd)>, ShimError> {
+    match launch {
+        Launch::Container {
+            config_json,
+            input_tar,
+            ..
+        } => Ok(Some((
+            memfd_with("jobd-config", config_json)?,
+            memfd_with("jobd-input", input_tar)?,
+        ))),
+        Launch::Host { .. } => Ok(None),
+    }
+}
+
 /// Where jobd finds the shim: `$JOBD_SHIM`, else next to the running executable.
 pub fn default_path() -> PathBuf {
     if let Some(p) = std::env::var_os(PATH_ENV).filter(|p| !p.is_empty()) {
@@ -443,10 +460,15 @@ pub fn default_path() -> PathBuf {
 /// A shim jobd started.
 #[derive(Debug)]
 pub struct Spawned {
-    /// The shim's pid (a child of the caller).
+    /// The shim's pid: a child of the caller ([`spawn`]) or of the fork server
+    /// ([`crate::shim_server`]).
     pub pid: i32,
     /// The read end of its report pipe: [`Report::decode`] what arrives before EOF.
     pub report: OwnedFd,
+    /// A pidfd for the shim and its start time (/proc/PID/stat field 22), when its parent
+    /// took them before it could have been reaped (the fork server does; for jobd's own
+    /// child the pid cannot be reused until jobd reaps it).
+    pub pinned: Option<(OwnedFd, u64)>,
 }
 
 fn cstring(s: &OsStr) -> Result<CString, ShimError> {
@@ -455,11 +477,29 @@ fn cstring(s: &OsStr) -> Result<CString, ShimError> {
 
 /// Spawns the shim with `args` in a new session: stdin, stdout and stderr on /dev/null, the
 /// report pipe as fd 3, for a container its config.json and input tar as fds 4 and 5, and no
-/// other descriptor (everything jobd opens is close-on-exec).
-/// posix_spawn: a vfork-style clone, cheap even from a large multi-threaded jobd.
+/// other descriptor (everything jobd opens is close-on-exec). Used when the fork server
+/// ([`crate::shim_server`]) cannot be.
 pub fn spawn(shim: &Path, args: &ShimArgs) -> Result<Spawned, ShimError> {
     let (report_r, report_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create report pipe"))?;
+    let payload = payload_memfds(&args.launch)?;
+    let pid = spawn_with(shim, &args.to_args(), report_w.as_fd(), payload.as_ref())?;
+    Ok(Spawned {
+        pid,
+        report: report_r,
+        pinned: None,
+    })
+}
+
+/// posix_spawns `shim ARGS` in a new session with /dev/null on fds 0-2, `fd3` on fd 3 and
+/// the payload (if any) on [`CONFIG_FD`] and [`INPUT_FD`]; returns its pid.
+/// posix_spawn: a vfork-style clone, cheap even from a large multi-threaded jobd.
+pub(crate) fn spawn_with(
+    shim: &Path,
+    args: &[OsString],
+    fd3: BorrowedFd<'_>,
+    payload: Option<&(OwnedFd, OwnedFd)>,
+) -> Result<i32, ShimError> {
     let devnull: OwnedFd = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -470,22 +510,9 @@ pub fn spawn(shim: &Path, args: &ShimArgs) -> Result<Spawned, ShimError> {
             source,
         })?
         .into();
-    // A container's config.json and input tar go in memfds, not on the command line (size)
-    // nor in files (no writes on the data directory's filesystem).
-    let payload = match &args.launch {
-        Launch::Container {
-            config_json,
-            input_tar,
-            ..
-        } => Some((
-            memfd_with("jobd-config", config_json)?,
-            memfd_with("jobd-input", input_tar)?,
-        )),
-        Launch::Host { .. } => None,
-    };
     let mut argv = vec![cstring(shim.as_os_str())?];
-    for a in args.to_args() {
-        argv.push(cstring(&a)?);
+    for a in args {
+        argv.push(cstring(a)?);
     }
     let mut envp = Vec::new();
     for (k, v) in std::env::vars_os() {
@@ -514,8 +541,8 @@ pub fn spawn(shim: &Path, args: &ShimArgs) -> Result<Spawned, ShimError> {
         for target in 0..3 {
             libc::posix_spawn_file_actions_adddup2(&mut fa, null, target);
         }
-        libc::posix_spawn_file_actions_adddup2(&mut fa, report_w.as_raw_fd(), REPORT_FD);
-        if let Some((config, input)) = &payload {
+        libc::posix_spawn_file_actions_adddup2(&mut fa, fd3.as_raw_fd(), REPORT_FD);
+        if let Some((config, input)) = payload {
             libc::posix_spawn_file_actions_adddup2(&mut fa, config.as_raw_fd(), CONFIG_FD);
             libc::posix_spawn_file_actions_adddup2(&mut fa, input.as_raw_fd(), INPUT_FD);
         }
@@ -545,10 +572,7 @@ pub fn spawn(shim: &Path, args: &ShimArgs) -> Result<Spawned, ShimError> {
             source: std::io::Error::from_raw_os_error(rc),
         });
     }
-    Ok(Spawned {
-        pid,
-        report: report_r,
-    })
+    Ok(pid)
 }
 
 /// The started job, as the shim supervises it.

@@ -280,6 +280,18 @@ async fn wait_final(c: &mut JobServiceClient<Channel>, id: &str) -> Job {
     }
 }
 
+/// Field 4 of /proc/PID/stat: the parent's pid.
+fn parent_of(pid: i32) -> i32 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = text.rsplit_once(')').unwrap().1;
+    after_comm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Field 19 of a /proc stat file: the nice value.
 fn nice_of(stat: &Path) -> i32 {
     let text = std::fs::read_to_string(stat).unwrap();
@@ -426,6 +438,40 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     .await;
     cleanup.0.push(niced.id.clone());
     assert_eq!(all_output(&mut c, &niced.id, true).await, b"nice=0\n");
+
+    // Shims are forked by jobd's shim fork server (jobd's child), each named for its job.
+    let server = parent_of(shim);
+    assert_eq!(
+        parent_of(server),
+        jobd_pid as i32,
+        "the fork server is jobd's child"
+    );
+    let title = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&title).starts_with(&format!("jobd-shim\0job\0{}\0", timed.id)),
+        "{title:?}"
+    );
+    // The job inherits no descriptor of jobd, the server or its shim: only stdio (and the
+    // one `ls` opens to list the directory).
+    let fds = start(&mut c, sh("ls /proc/self/fd")).await;
+    cleanup.0.push(fds.id.clone());
+    assert_eq!(all_output(&mut c, &fds.id, true).await, b"0\n1\n2\n3\n");
+    // A fork server that dies is replaced; the jobs its shims hold run on.
+    kill9(server);
+    let again = start(&mut c, sh("echo again")).await;
+    cleanup.0.push(again.id.clone());
+    assert_eq!(all_output(&mut c, &again.id, true).await, b"again\n");
+    assert_eq!(
+        parent_of(shim_of(&writer.id)),
+        jobd_pid as i32,
+        "the dead server's shims are adopted by jobd, the child subreaper"
+    );
+    let servers: Vec<i32> = pids_with_cmdline(&["jobd-shim", "--serve"])
+        .into_iter()
+        .filter(|p| parent_of(*p) == jobd_pid as i32)
+        .collect();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_ne!(servers[0], server);
 
     kill9(shim_of(&lost.id));
     let d = wait_final(&mut c, &lost.id).await;

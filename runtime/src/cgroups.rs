@@ -77,10 +77,26 @@ pub enum Version {
     V2,
 }
 
+/// The host's cgroup version, detected once per process: the hierarchies are mounted at boot
+/// and a daemon asks on every job's start, stop and stats (like containerd's `cgroups.Mode`).
 pub fn host_version() -> Result<Version, CgroupError> {
-    match get_cgroup_setup().map_err(|e| CgroupError::Detect(e.to_string()))? {
-        CgroupSetup::Unified => Ok(Version::V2),
-        CgroupSetup::Legacy | CgroupSetup::Hybrid => Ok(Version::V1),
+    static DETECTED: OnceLock<Version> = OnceLock::new();
+    if let Some(v) = DETECTED.get() {
+        return Ok(*v);
+    }
+    let v = match get_cgroup_setup().map_err(|e| CgroupError::Detect(e.to_string()))? {
+        CgroupSetup::Unified => Version::V2,
+        CgroupSetup::Legacy | CgroupSetup::Hybrid => Version::V1,
+    };
+    Ok(*DETECTED.get_or_init(|| v))
+}
+
+/// Detects what [`host_version`] and [`Cgroup::open`] need (and on v1 opens the procfs handle
+/// libcgroups caches), so that processes forked from this one find it done.
+pub fn warm_up() {
+    if matches!(host_version(), Ok(Version::V1)) {
+        let _ = v1_hierarchies();
+        let _ = libcgroups::v1::util::list_subsystem_mount_points();
     }
 }
 
@@ -843,11 +859,21 @@ fn enable_subtree(dir: &Path, enable: &str) {
     }
 }
 
-/// The host's v1 hierarchies that carry controllers: (directory name, mount point).
+/// The host's v1 hierarchies that carry controllers: (directory name, mount point). Read once
+/// per process, as [`host_version`]: every `Cgroup::open` needs them, and a daemon opens one
+/// for each job's start, kill and removal.
 fn v1_hierarchies() -> Vec<(String, PathBuf)> {
+    static FOUND: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return found.clone();
+    }
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
+    FOUND.get_or_init(|| v1_hierarchies_in(&info)).clone()
+}
+
+fn v1_hierarchies_in(info: &str) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     for line in info.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
