@@ -265,6 +265,26 @@ async fn drain(
     Ok((n, first, tail))
 }
 
+/// The host's busy and stolen CPU time so far, in clock ticks (/proc/stat's `cpu` line): a
+/// per-job CPU cost that the hypervisor's scheduling noise does not move as it moves rates.
+fn host_cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    Ok((at(0) + at(1) + at(2) + at(5) + at(6), at(7)))
+}
+
+fn ticks_per_s() -> f64 {
+    // SAFETY: sysconf with a constant name has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
 /// The fan-out job: after `delay` s, writes `bytes` zero bytes to stdout and then, on stderr,
 /// how long the writing took as the job itself measured it (`took N us`).
 fn fanout_writer(bytes: u64, delay: u32) -> JobSpec {
@@ -390,6 +410,7 @@ async fn run(args: Args) -> Result<()> {
     );
 
     // 2. Throughput: StartJob with `concurrency` in flight.
+    let cpu_before = host_cpu_ticks()?;
     let t = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut tasks = Vec::new();
@@ -418,12 +439,17 @@ async fn run(args: Args) -> Result<()> {
         wait_end(&mut c, id).await?;
     }
     let ended = t.elapsed();
+    let (busy, stolen) = host_cpu_ticks()?;
+    let per_job_ms = |ticks: u64| ticks as f64 * 1000.0 / ticks_per_s() / ids.len() as f64;
     println!(
-        "throughput ({} jobs, {} concurrent): {:.0} starts/s, {:.0} jobs/s to completion",
+        "throughput ({} jobs, {} concurrent): {:.0} starts/s, {:.0} jobs/s to completion; \
+         host CPU {:.1} ms per job (every process, this client's too; {:.1} ms stolen by the hypervisor)",
         ids.len(),
         args.concurrency,
         ids.len() as f64 / started.as_secs_f64(),
-        ids.len() as f64 / ended.as_secs_f64()
+        ids.len() as f64 / ended.as_secs_f64(),
+        per_job_ms(busy - cpu_before.0),
+        per_job_ms(stolen - cpu_before.1),
     );
 
     println!(
