@@ -255,7 +255,16 @@ pub fn serve() -> i32 {
 }
 
 fn serve_until_closed() -> Result<(), ShimError> {
+    // Only stdio and the socket: descriptors jobd's own parent leaked to it (not
+    // close-on-exec) would otherwise live on in every shim.
+    // SAFETY: close_range with integer arguments closes descriptors of this process; none
+    // above the socket is owned by anything in it yet.
+    unsafe { libc::syscall(libc::SYS_close_range, REPORT_FD + 1, u32::MAX, 0) };
     let sock = move_clear_of_shim_fds(REPORT_FD)?;
+    // Hold fds 3-5 while the server opens what it keeps: a shim's descriptors go there, and
+    // a cache living on one of them (libpathrs's procfs handle) would be overwritten in every
+    // shim, which then stops caching at all.
+    let placeholders = hold_shim_fds()?;
     // Shims set their own priority too; the server forks them at the normal one.
     // SAFETY: setpriority with integer arguments; who = 0 is this process.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
@@ -266,6 +275,7 @@ fn serve_until_closed() -> Result<(), ShimError> {
         .map_err(shim::sys("signalfd"))?;
     // What every shim would otherwise look up for itself, looked up once here.
     runtime::cgroups::warm_up();
+    drop(placeholders);
     loop {
         let mut fds = [
             PollFd::new(sock.as_fd(), PollFlags::POLLIN),
@@ -325,6 +335,24 @@ fn move_clear_of_shim_fds(fd: RawFd) -> Result<OwnedFd, ShimError> {
     let _ = nix::unistd::close(fd);
     // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
+/// /dev/null on every free descriptor up to [`INPUT_FD`].
+fn hold_shim_fds() -> Result<Vec<OwnedFd>, ShimError> {
+    let mut held = Vec::new();
+    loop {
+        let fd: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|source| ShimError::Io {
+                op: "open",
+                path: "/dev/null".into(),
+                source,
+            })?
+            .into();
+        if fd.as_raw_fd() > INPUT_FD {
+            return Ok(held);
+        }
+        held.push(fd);
+    }
 }
 
 /// Reaps every shim that has exited.
