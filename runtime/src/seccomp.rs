@@ -1263,7 +1263,7 @@ mod tests {
     use nix::unistd::{fork, ForkResult};
     use oci_spec::runtime::{LinuxSeccompArgBuilder, LinuxSyscallBuilder};
     use std::sync::OnceLock;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     /// How a forked child ended.
     #[derive(Debug, PartialEq, Eq)]
@@ -2048,6 +2048,34 @@ mod tests {
             "longest path: {longest_split} instructions split, {longest_chain} as one chain"
         );
         assert!(split.len() < chain.len() + chain.len() / 4);
+
+        // What attaching each costs the kernel (fork, attach, exit; minus fork and exit).
+        let filter = |p: &BpfProgram| CompiledFilter {
+            programs: vec![p.clone()],
+            flags: 0,
+        };
+        let cost = |f: &CompiledFilter| {
+            let mut runs: Vec<Duration> = (0..41)
+                .map(|_| {
+                    let t = Instant::now();
+                    assert_eq!(in_child(f, || 0), Child::Exit(0));
+                    t.elapsed()
+                })
+                .collect();
+            runs.sort();
+            runs[runs.len() / 2]
+        };
+        let (none, chain_t, split_t) = (
+            cost(&no_filter()),
+            cost(&filter(&chain)),
+            cost(&filter(&split)),
+        );
+        eprintln!(
+            "attach: one chain {:?}, split {:?} (fork + exit alone {none:?}); longest path \
+             {longest_chain} / {longest_split} instructions",
+            chain_t.saturating_sub(none),
+            split_t.saturating_sub(none)
+        );
     }
 
     #[test]
