@@ -491,6 +491,20 @@ pub fn spawn(shim: &Path, args: &ShimArgs) -> Result<Spawned, ShimError> {
     })
 }
 
+/// /dev/null, open for reading and writing (close-on-exec).
+pub(crate) fn dev_null() -> Result<OwnedFd, ShimError> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|source| ShimError::Io {
+            op: "open",
+            path: "/dev/null".into(),
+            source,
+        })
+}
+
 /// posix_spawns `shim ARGS` in a new session with /dev/null on fds 0-2, `fd3` on fd 3 and
 /// the payload (if any) on [`CONFIG_FD`] and [`INPUT_FD`]; returns its pid.
 /// posix_spawn: a vfork-style clone, cheap even from a large multi-threaded jobd.
@@ -500,16 +514,7 @@ pub(crate) fn spawn_with(
     fd3: BorrowedFd<'_>,
     payload: Option<&(OwnedFd, OwnedFd)>,
 ) -> Result<i32, ShimError> {
-    let devnull: OwnedFd = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|source| ShimError::Io {
-            op: "open",
-            path: "/dev/null".into(),
-            source,
-        })?
-        .into();
+    let devnull = dev_null()?;
     let mut argv = vec![cstring(shim.as_os_str())?];
     for a in args {
         argv.push(cstring(a)?);

@@ -341,13 +341,7 @@ fn move_clear_of_shim_fds(fd: RawFd) -> Result<OwnedFd, ShimError> {
 fn hold_shim_fds() -> Result<Vec<OwnedFd>, ShimError> {
     let mut held = Vec::new();
     loop {
-        let fd: OwnedFd = std::fs::File::open("/dev/null")
-            .map_err(|source| ShimError::Io {
-                op: "open",
-                path: "/dev/null".into(),
-                source,
-            })?
-            .into();
+        let fd = shim::dev_null()?;
         if fd.as_raw_fd() > INPUT_FD {
             return Ok(held);
         }
