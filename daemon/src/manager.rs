@@ -31,7 +31,7 @@ use crate::db::{Db, DbError, ListFilter, Unfinished};
 use crate::executor::{ExecError, Executor, JobHandle, JobStats, LaunchRequest};
 use crate::output::{OutputError, OutputLog, OutputWatcher, Watched};
 use crate::shim::{self, ExitRecord, Report, ShimArgs};
-use crate::shim_server::{pidfd_open, ShimServer};
+use crate::shim_server::{pidfd_open, ServerError, ShimServer};
 
 /// Errors of the job manager.
 #[derive(Debug, thiserror::Error)]
@@ -639,20 +639,23 @@ impl Manager {
                     cap,
                     launch,
                 };
-                let sp = shim_server
-                    .spawn(&args)
-                    .or_else(|e| {
+                let sp = match shim_server.spawn(&args) {
+                    Ok(sp) => Ok(sp),
+                    // Nothing was started: the shim can still be spawned the slow way.
+                    Err(ServerError::Unavailable(e)) => {
                         tracing::warn!(job_id, error = %e, "no shim fork server: spawning the shim");
-                        shim::spawn(&shim_path, &args)
-                    })
-                    .map_err(|e| {
+                        shim::spawn(&shim_path, &args).map_err(|e| e.to_string())
+                    }
+                    Err(lost) => Err(lost.to_string()),
+                }
+                .map_err(|reason| {
                     if let Err(c) = exec.cleanup(&job_id, &dir) {
                         tracing::warn!(job_id, error = %c, "cleanup after a failed shim spawn");
                     }
                     ExecError::Host {
                         op: "spawn the job's shim",
                         job_id: job_id.clone(),
-                        reason: e.to_string(),
+                        reason,
                     }
                 })?;
                 children

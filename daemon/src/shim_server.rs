@@ -67,9 +67,26 @@ struct Conn {
     pid: i32,
 }
 
-/// Why a request failed: the server is gone (start another), or it answered with an error.
+/// Why [`ShimServer::spawn`] has no shim to show.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No shim was started: the caller may spawn one itself.
+    #[error("{0}")]
+    Unavailable(ShimError),
+    /// The request reached a server that then failed, so a shim may have been forked. Such a
+    /// shim cannot report (the report pipe's read end is gone) and then kills its job, so the
+    /// start must fail rather than be tried again.
+    #[error("the shim fork server failed while starting the shim: {0}")]
+    Lost(String),
+}
+
+/// Why a request failed.
 enum Failure {
-    Transport(String),
+    /// Before the server had it: the server is gone, start another.
+    NotSent(String),
+    /// After: see [`ServerError::Lost`].
+    Lost(String),
+    /// Nothing was started (a local error, or the server could not fork).
     Refused(ShimError),
 }
 
@@ -80,15 +97,6 @@ impl ShimServer {
             shim: shim.to_path_buf(),
             conn: Mutex::new(None),
         }
-    }
-
-    /// The running server's pid, if one is running.
-    pub fn pid(&self) -> Option<i32> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|c| c.pid)
     }
 
     /// Closes the connection, so the server exits (its shims live on), and reaps it; jobd's
@@ -113,29 +121,34 @@ impl ShimServer {
         );
     }
 
-    /// Forks a shim for `args`. A server that died is replaced once; when no server can be
-    /// had, the error says why (the caller may spawn the shim itself).
-    pub fn spawn(&self, args: &ShimArgs) -> Result<Spawned, ShimError> {
+    /// Forks a shim for `args`. A server found dead before it took the request is replaced
+    /// once; one that fails after is let go (dropping the connection ends it).
+    pub fn spawn(&self, args: &ShimArgs) -> Result<Spawned, ServerError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = String::new();
         for _ in 0..2 {
             if conn.is_none() {
-                *conn = Some(self.start()?);
+                *conn = Some(self.start().map_err(ServerError::Unavailable)?);
             }
             let Some(c) = conn.as_ref() else { continue };
             match request(c, args) {
                 Ok(spawned) => return Ok(spawned),
-                Err(Failure::Refused(e)) => return Err(e),
-                Err(Failure::Transport(reason)) => {
+                Err(Failure::Refused(e)) => return Err(ServerError::Unavailable(e)),
+                Err(Failure::NotSent(reason)) => {
                     tracing::warn!(pid = c.pid, reason = %reason, "the shim fork server is gone; starting another");
                     last = reason;
                     *conn = None;
                 }
+                Err(Failure::Lost(reason)) => {
+                    tracing::error!(pid = c.pid, reason = %reason, "the shim fork server failed a request; letting it go");
+                    *conn = None;
+                    return Err(ServerError::Lost(reason));
+                }
             }
         }
-        Err(ShimError::Usage(format!(
+        Err(ServerError::Unavailable(ShimError::Usage(format!(
             "the shim fork server failed twice: {last}"
-        )))
+        ))))
     }
 
     fn start(&self) -> Result<Conn, ShimError> {
@@ -156,8 +169,8 @@ impl ShimServer {
     }
 }
 
-fn transport(what: &str) -> impl FnOnce(Errno) -> Failure + '_ {
-    move |e| Failure::Transport(format!("{what}: {e}"))
+fn lost(what: &str) -> impl FnOnce(Errno) -> Failure + '_ {
+    move |e| Failure::Lost(format!("{what}: {e}"))
 }
 
 fn request(conn: &Conn, args: &ShimArgs) -> Result<Spawned, Failure> {
@@ -180,13 +193,13 @@ fn request(conn: &Conn, args: &ShimArgs) -> Result<Spawned, Failure> {
         MsgFlags::MSG_NOSIGNAL,
         None,
     )
-    .map_err(transport("send a request"))?;
+    .map_err(|e| Failure::NotSent(format!("send a request: {e}")))?;
     // The server's copies went to the shim; ours must close, or the report never ends.
     drop((report_w, payload));
-    let (text, mut fds) = receive(conn.sock.as_fd()).map_err(transport("read the reply"))?;
+    let (text, mut fds) = receive(conn.sock.as_fd()).map_err(lost("read the reply"))?;
     let text = String::from_utf8_lossy(&text);
     if text.is_empty() {
-        return Err(Failure::Transport("it closed the connection".into()));
+        return Err(Failure::Lost("it closed the connection".into()));
     }
     if let Some(reason) = text.strip_prefix("err ") {
         return Err(Failure::Refused(ShimError::Usage(format!(
@@ -199,7 +212,7 @@ fn request(conn: &Conn, args: &ShimArgs) -> Result<Spawned, Failure> {
         f.next().map(str::parse::<u64>),
         fds.pop(),
     ) else {
-        return Err(Failure::Transport(format!("unreadable reply {text:?}")));
+        return Err(Failure::Lost(format!("unreadable reply {text:?}")));
     };
     Ok(Spawned {
         pid,
@@ -389,7 +402,11 @@ fn fork_shim(
         Ok(ForkResult::Parent { child }) => {
             drop(fds);
             let pid = child.as_raw();
-            let pidfd = pidfd_open(pid).map_err(|e| format!("pidfd_open {pid}: {e}"))?;
+            let pidfd = pidfd_open(pid).map_err(|e| {
+                // Not reaped yet, so the pid is still this child's: no shim jobd cannot follow.
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                format!("pidfd_open {pid}: {e}")
+            })?;
             // Not reaped yet (only this loop reaps), so /proc/PID is still this child.
             let start = runtime::state::proc_stat(pid).map_or(0, |(_, t)| t);
             Ok((pid, start, pidfd))
@@ -471,4 +488,32 @@ pub(crate) fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shim::Launch;
+
+    /// A server that cannot start leaves the caller free to spawn the shim itself, and says
+    /// which program failed.
+    #[test]
+    fn missing_server_binary_is_unavailable_and_named() {
+        let server = ShimServer::new(Path::new("/nonexistent/jobd-shim"));
+        let args = ShimArgs {
+            job_dir: "/nonexistent/jobs/x".into(),
+            cap: 1,
+            launch: Launch::Host {
+                argv: vec!["true".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+            },
+        };
+        match server.spawn(&args) {
+            Err(ServerError::Unavailable(e)) => {
+                assert!(e.to_string().contains("/nonexistent/jobd-shim"), "{e}")
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
 }
