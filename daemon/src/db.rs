@@ -131,6 +131,8 @@ impl Db {
         conn.pragma_update(None, "busy_timeout", 5000)
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // Room for every statement jobd makes, the list's variants (filters, paging) too.
+        conn.set_prepared_statement_cache_capacity(64);
         add_missing_columns(&conn).map_err(err)?;
         Ok(Db {
             conn: Mutex::new(conn),
@@ -142,6 +144,22 @@ impl Db {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs one statement through the connection's statement cache: parsing the SQL was most
+    /// of a small statement's cost, and a job's start and end make four of them.
+    fn run(
+        &self,
+        op: &'static str,
+        job_id: &str,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), DbError> {
+        self.conn()
+            .prepare_cached(sql)
+            .and_then(|mut stmt| stmt.execute(params))
+            .map_err(Self::q(op, job_id))?;
+        Ok(())
+    }
+
     fn q(op: &'static str, job_id: &str) -> impl FnOnce(rusqlite::Error) -> DbError {
         let job_id = job_id.to_string();
         move |source| DbError::Query { op, job_id, source }
@@ -149,24 +167,22 @@ impl Db {
 
     /// Inserts a new job; committed when this returns.
     pub fn insert(&self, job: &Job) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "INSERT INTO jobs (id, owner, state, record) VALUES (?1, ?2, ?3, ?4)",
-                params![job.id, job.owner, job.state, strip(job)],
-            )
-            .map_err(Self::q("insert", &job.id))?;
-        Ok(())
+        self.run(
+            "insert",
+            &job.id,
+            "INSERT INTO jobs (id, owner, state, record) VALUES (?1, ?2, ?3, ?4)",
+            params![job.id, job.owner, job.state, strip(job)],
+        )
     }
 
     /// Replaces a job's record (and state column).
     pub fn update(&self, job: &Job) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "UPDATE jobs SET state = ?2, record = ?3 WHERE id = ?1",
-                params![job.id, job.state, strip(job)],
-            )
-            .map_err(Self::q("update", &job.id))?;
-        Ok(())
+        self.run(
+            "update",
+            &job.id,
+            "UPDATE jobs SET state = ?2, record = ?3 WHERE id = ?1",
+            params![job.id, job.state, strip(job)],
+        )
     }
 
     /// Records the container init's pid and start time (cleared with `None`).
@@ -175,70 +191,63 @@ impl Db {
             Some((p, s)) => (Some(p), Some(s as i64)),
             None => (None, None),
         };
-        self.conn()
-            .execute(
-                "UPDATE jobs SET pid = ?2, pid_start = ?3 WHERE id = ?1",
-                params![id, p, s],
-            )
-            .map_err(Self::q("set pid", id))?;
-        Ok(())
+        self.run(
+            "set pid",
+            id,
+            "UPDATE jobs SET pid = ?2, pid_start = ?3 WHERE id = ?1",
+            params![id, p, s],
+        )
     }
 
     /// Records the job's shim (pid, start time).
     pub fn set_shim(&self, id: &str, shim: (i32, u64)) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "UPDATE jobs SET shim_pid = ?2, shim_start = ?3 WHERE id = ?1",
-                params![id, shim.0, shim.1 as i64],
-            )
-            .map_err(Self::q("set shim", id))?;
-        Ok(())
+        self.run(
+            "set shim",
+            id,
+            "UPDATE jobs SET shim_pid = ?2, shim_start = ?3 WHERE id = ?1",
+            params![id, shim.0, shim.1 as i64],
+        )
     }
 
     /// Records a stop in progress: why (the manager's encoding) and when SIGKILL is due, so
     /// that a jobd restarted in the grace period finishes it.
     pub fn set_stop(&self, id: &str, reason: &str, kill_at_ms: i64) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "UPDATE jobs SET stop_reason = ?2, stop_kill_at_ms = ?3 WHERE id = ?1",
-                params![id, reason, kill_at_ms],
-            )
-            .map_err(Self::q("set stop", id))?;
-        Ok(())
+        self.run(
+            "set stop",
+            id,
+            "UPDATE jobs SET stop_reason = ?2, stop_kill_at_ms = ?3 WHERE id = ?1",
+            params![id, reason, kill_at_ms],
+        )
     }
 
     /// Writes a final record and forgets the job's processes, in one statement.
     pub fn finish(&self, job: &Job) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "UPDATE jobs SET state = ?2, record = ?3, pid = NULL, pid_start = NULL, \
+        self.run(
+            "finish",
+            &job.id,
+            "UPDATE jobs SET state = ?2, record = ?3, pid = NULL, pid_start = NULL, \
                  shim_pid = NULL, shim_start = NULL, stop_reason = NULL, \
                  stop_kill_at_ms = NULL WHERE id = ?1",
-                params![job.id, job.state, strip(job)],
-            )
-            .map_err(Self::q("finish", &job.id))?;
-        Ok(())
+            params![job.id, job.state, strip(job)],
+        )
     }
 
     /// Marks a job running with its main process (pid, start time), in one statement.
     pub fn set_running(&self, job: &Job, pid: (i32, u64)) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "UPDATE jobs SET state = ?2, record = ?3, pid = ?4, pid_start = ?5 WHERE id = ?1",
-                params![job.id, job.state, strip(job), pid.0, pid.1 as i64],
-            )
-            .map_err(Self::q("set running", &job.id))?;
-        Ok(())
+        self.run(
+            "set running",
+            &job.id,
+            "UPDATE jobs SET state = ?2, record = ?3, pid = ?4, pid_start = ?5 WHERE id = ?1",
+            params![job.id, job.state, strip(job), pid.0, pid.1 as i64],
+        )
     }
 
     /// One job.
     pub fn get(&self, id: &str) -> Result<Option<Job>, DbError> {
         let blob: Option<Vec<u8>> = self
             .conn()
-            .query_row("SELECT record FROM jobs WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })
-            .optional()
+            .prepare_cached("SELECT record FROM jobs WHERE id = ?1")
+            .and_then(|mut stmt| stmt.query_row(params![id], |r| r.get(0)).optional())
             .map_err(Self::q("get", id))?;
         blob.map(|b| {
             Job::decode(b.as_slice()).map_err(|source| DbError::Decode {
