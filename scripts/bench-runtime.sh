@@ -15,7 +15,7 @@ bin=${JOB_RUNTIME_BIN:-$repo/target/release/job-runtime}
 for tool in hyperfine runc crun busybox python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 2; }
 done
-[ -x "$bin" ] || { echo "bench: $bin missing: cargo build --release -p runtime -p job-init" >&2; exit 2; }
+[ -x "$bin" ] || { echo "bench: $bin missing: cargo build --release -p runtime; scripts/build-job-init.sh --release" >&2; exit 2; }
 
 if [ -z "${BENCH_IN_NS:-}" ]; then
     export BENCH_IN_NS=1

@@ -59,7 +59,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "$bin_dir" ]; then
     command -v cargo >/dev/null || die "cargo not found: install Rust, or pass --bin-dir with built binaries"
     echo "== cargo build --release --workspace --bins"
-    (cd "$repo" && cargo build --release --workspace --bins)
+    (cd "$repo" && cargo build --release --workspace --bins && scripts/build-job-init.sh --release)
     bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
 fi
 [ -d "$bin_dir" ] || die "binary directory '$bin_dir' does not exist"

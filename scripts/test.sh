@@ -16,6 +16,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins
+scripts/build-job-init.sh
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

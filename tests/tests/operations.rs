@@ -224,6 +224,19 @@ fn jobd_check_adds_data_dir_binaries_tls_and_listen() {
         .as_str()
         .unwrap()
         .contains(&bin_dir().join("job-init").display().to_string()));
+    // The job-init the tests run is the one shipped: static (scripts/test.sh builds it with
+    // scripts/build-job-init.sh after `cargo build`).
+    assert_eq!(
+        (
+            init["status"].as_str(),
+            init["detail"]
+                .as_str()
+                .unwrap()
+                .contains("statically linked")
+        ),
+        (Some("ok"), true),
+        "job-init is dynamically linked: run scripts/build-job-init.sh first: {init}"
+    );
     assert_eq!(line(&report, "tls")["status"], "ok");
     assert_eq!(line(&report, "listen")["status"], "ok");
     assert_eq!(line(&report, "jobd-shim")["required"], false);
