@@ -289,6 +289,9 @@ fn serve_until_closed() -> Result<(), ShimError> {
     // What every shim would otherwise look up for itself, looked up once here.
     runtime::cgroups::warm_up();
     drop(placeholders);
+    // A forked shim has the server's address space, so the argument area it retitles is the
+    // server's: looked up once here, not in every shim.
+    let title_area = argument_area();
     loop {
         let mut fds = [
             PollFd::new(sock.as_fd(), PollFlags::POLLIN),
@@ -313,7 +316,7 @@ fn serve_until_closed() -> Result<(), ShimError> {
             if body.is_empty() && fds.is_empty() {
                 return Ok(()); // jobd closed its end
             }
-            let reply = fork_shim(&sock, &sigchld, body, fds);
+            let reply = fork_shim(&sock, &sigchld, title_area, body, fds);
             let (text, pidfd) = match reply {
                 Ok((pid, start, pidfd)) => (format!("ok {pid} {start}"), Some(pidfd)),
                 Err(reason) => (format!("err {reason}"), None),
@@ -378,6 +381,7 @@ fn reap_exited() {
 fn fork_shim(
     sock: &OwnedFd,
     sigchld: &SignalFd,
+    title_area: Option<(usize, usize)>,
     body: Vec<u8>,
     fds: Vec<OwnedFd>,
 ) -> Result<(i32, u64, OwnedFd), String> {
@@ -396,7 +400,7 @@ fn fork_shim(
     // may run any code, allocate included, before it exits.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
-            let code = become_shim(sock, sigchld, fds, args);
+            let code = become_shim(sock, sigchld, title_area, fds, args);
             std::process::exit(code)
         }
         Ok(ForkResult::Parent { child }) => {
@@ -417,7 +421,13 @@ fn fork_shim(
 
 /// In the forked child: leave the server's descriptors and session behind, put the request's
 /// descriptors on fds 3, 4, 5 and run the shim.
-fn become_shim(sock: &OwnedFd, sigchld: &SignalFd, fds: Vec<OwnedFd>, args: Vec<OsString>) -> i32 {
+fn become_shim(
+    sock: &OwnedFd,
+    sigchld: &SignalFd,
+    title_area: Option<(usize, usize)>,
+    fds: Vec<OwnedFd>,
+    args: Vec<OsString>,
+) -> i32 {
     let _ = nix::unistd::close(sock.as_raw_fd());
     let _ = nix::unistd::close(sigchld.as_raw_fd());
     if nix::unistd::setsid().is_err() {
@@ -449,16 +459,15 @@ fn become_shim(sock: &OwnedFd, sigchld: &SignalFd, fds: Vec<OwnedFd>, args: Vec<
         .and_then(|dir| Path::new(dir).file_name())
         .map(|id| id.to_string_lossy().into_owned())
         .unwrap_or_default();
-    set_title(&["jobd-shim", "job", &job_id]);
+    if let Some(area) = title_area {
+        set_title(area, &["jobd-shim", "job", &job_id]);
+    }
     shim::main(args)
 }
 
 /// Writes `words` (NUL-separated, truncated to fit) over this process's command line, which
-/// /proc/PID/cmdline and `ps` show.
-fn set_title(words: &[&str]) {
-    let Some((start, end)) = argument_area() else {
-        return;
-    };
+/// /proc/PID/cmdline and `ps` show; `(start, end)` is that command line ([`argument_area`]).
+fn set_title((start, end): (usize, usize), words: &[&str]) {
     let mut title = words.join("\0").into_bytes();
     title.truncate(end - start - 1);
     title.resize(end - start, 0);

@@ -508,12 +508,7 @@ fn build_stack(
 ) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut programs = Vec::new();
     if *default != SeccompAction::Allow {
-        let mut every_rule = RuleSet::new();
-        for a in &resolved.by_action {
-            for (&nr, m) in &a.rules {
-                add_matcher(&mut every_rule, nr, m);
-            }
-        }
+        let every_rule = every_rule(resolved);
         // Only for ERRNO defaults, as runc: a KILL or TRAP default stays what the author chose.
         let enosys_above = match default {
             SeccompAction::Errno(_) => resolved.max_nr,
@@ -550,6 +545,17 @@ fn build_stack(
         )?);
     }
     Ok(programs)
+}
+
+/// Every action's rules in one set: what the default action's filter lets through.
+fn every_rule(resolved: &Resolved) -> RuleSet {
+    let mut all = RuleSet::new();
+    for a in &resolved.by_action {
+        for (&nr, m) in &a.rules {
+            add_matcher(&mut all, nr, m);
+        }
+    }
+    all
 }
 
 /// The checks this module puts in front of seccompiler's rules, after its architecture check.
@@ -1987,12 +1993,7 @@ mod tests {
         )
         .unwrap();
         let resolved = resolve(&profile).unwrap();
-        let mut every_rule = RuleSet::new();
-        for a in &resolved.by_action {
-            for (&nr, m) in &a.rules {
-                add_matcher(&mut every_rule, nr, m);
-            }
-        }
+        let every_rule = every_rule(&resolved);
         assert!(
             every_rule.len() > 4 * RULES_PER_PART,
             "{}",
