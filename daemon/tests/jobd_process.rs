@@ -458,6 +458,23 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     assert_eq!(all_output(&mut c, &fds.id, true).await, b"0\n1\n2\n3\n");
     // A fork server that dies is replaced; the jobs its shims hold run on.
     kill9(server);
+    // Once it has exited (a zombie, or reaped by jobd) its socket is closed, so jobd learns it
+    // is gone when sending; a request that reaches a server as it dies fails that one start
+    // (a shim may have been forked), which is not what this part tests.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed server {server} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let again = start(&mut c, sh("echo again")).await;
     cleanup.0.push(again.id.clone());
     assert_eq!(all_output(&mut c, &again.id, true).await, b"again\n");
