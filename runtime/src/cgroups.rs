@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -839,16 +839,21 @@ fn new_managers(
 /// `dir` and every cgroup below it, deepest first (the order removal needs).
 fn subtree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                out.extend(subtree(&e.path()));
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return out;
+    };
+    // cgroupfs (kernfs) counts a directory's subdirectories in its link count: 2 means a leaf,
+    // which spares listing the dozens of control files of every hierarchy of every job.
+    if meta.nlink() != 2 {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    out.extend(subtree(&e.path()));
+                }
             }
         }
     }
-    if dir.exists() {
-        out.push(dir.to_path_buf());
-    }
+    out.push(dir.to_path_buf());
     out
 }
 
