@@ -284,8 +284,10 @@ fn build_filesystem(config: &InitConfig) -> Result<(), mounts::MountError> {
     let propagation =
         mounts::root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()))?;
     mounts::prepare_rootfs(&config.rootfs, propagation)?;
+    let bundle = mounts::enter_rootfs(&config.rootfs)?;
     let ctx = MountContext {
-        rootfs: &config.rootfs,
+        rootfs: Path::new("."),
+        bundle: bundle.path(),
         new_userns: config.new_userns,
         new_netns: config.new_netns,
         new_cgroupns: config.new_cgroupns,
@@ -300,8 +302,9 @@ fn build_filesystem(config: &InitConfig) -> Result<(), mounts::MountError> {
         let devices = linux
             .and_then(|l| l.devices().as_deref())
             .unwrap_or_default();
-        mounts::create_devices(&config.rootfs, config.new_userns, devices)?;
+        mounts::create_devices(Path::new("."), config.new_userns, devices)?;
     }
+    mounts::leave_rootfs(bundle)?;
     hooks::run(
         Stage::CreateContainer,
         spec.hooks().as_ref(),

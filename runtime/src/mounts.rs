@@ -283,9 +283,49 @@ pub fn prepare_rootfs(rootfs: &Path, propagation: MsFlags) -> Result<(), MountEr
     })
 }
 
+/// The working directory [`enter_rootfs`] left, to come back to.
+pub struct SavedCwd {
+    dir: fs::File,
+    path: PathBuf,
+}
+
+impl SavedCwd {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Makes the (bound) rootfs the working directory, so that the mount targets below are
+/// resolved from `.`: each of a container's tens of mount, stat and mkdir calls then walks
+/// its path inside the rootfs only, not again through every directory of the rootfs's host
+/// path. Call after [`prepare_rootfs`], whose bind is the mount to be inside.
+pub fn enter_rootfs(rootfs: &Path) -> Result<SavedCwd, MountError> {
+    let here = |op: &'static str, e: std::io::Error| path_err(op, Path::new("."), &e);
+    let path = std::env::current_dir().map_err(|e| here("read working directory", e))?;
+    let dir = fs::File::open(".").map_err(|e| here("open working directory", e))?;
+    chdir(rootfs).map_err(|e| MountError::Path {
+        op: "chdir",
+        path: rootfs.to_path_buf(),
+        reason: errno_text(e),
+    })?;
+    Ok(SavedCwd { dir, path })
+}
+
+/// Returns to the working directory [`enter_rootfs`] left.
+pub fn leave_rootfs(saved: SavedCwd) -> Result<(), MountError> {
+    fchdir(std::os::fd::AsRawFd::as_raw_fd(&saved.dir)).map_err(|e| MountError::Path {
+        op: "chdir",
+        path: saved.path.clone(),
+        reason: errno_text(e),
+    })
+}
+
 /// What a spec mount needs from the rest of the setup.
 pub struct MountContext<'a> {
+    /// Where targets are resolved from: `.` after [`enter_rootfs`].
     pub rootfs: &'a Path,
+    /// What relative bind sources are relative to (the bundle: create's working directory).
+    pub bundle: &'a Path,
     pub new_userns: bool,
     pub new_netns: bool,
     pub new_cgroupns: bool,
@@ -318,8 +358,7 @@ fn mount_one(ctx: &MountContext, m: &Mount) -> Result<(), MountError> {
         let source = if source.is_absolute() {
             source.to_path_buf()
         } else {
-            // Relative bind sources are relative to the bundle, which is the cwd of create.
-            std::path::absolute(source).map_err(|e| path_err("resolve", source, &e))?
+            ctx.bundle.join(source)
         };
         if !source.exists() {
             return Err(MountError::Mount {
@@ -560,7 +599,8 @@ pub fn create_devices(
     for (name, major, minor) in DEFAULT_DEVICES {
         let target = dev.join(name);
         if new_userns {
-            bind_device(&Path::new("/dev").join(name), &target)?;
+            let host = Path::new("/dev").join(name);
+            bind_device(&host, &target).map_err(|e| in_container(e, &host))?;
         } else {
             make_node(&target, SFlag::S_IFCHR, makedev(major, minor), 0o666, 0, 0)?;
         }
@@ -568,7 +608,7 @@ pub fn create_devices(
     for d in extra {
         let target = secure_join(rootfs, d.path())?;
         if new_userns {
-            bind_device(d.path(), &target)?;
+            bind_device(d.path(), &target).map_err(|e| in_container(e, d.path()))?;
             continue;
         }
         let kind = match d.typ() {
@@ -668,7 +708,11 @@ fn bind_device(host: &Path, target: &Path) -> Result<(), MountError> {
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| mount_err(target, &format!("bind {}", host.display()), e))
+    .map_err(|e| MountError::Path {
+        op: "bind device",
+        path: target.to_path_buf(),
+        reason: errno_text(e),
+    })
 }
 
 /// Makes `rootfs` the root and detaches the old root, so nothing of the host's tree stays

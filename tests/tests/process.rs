@@ -249,3 +249,22 @@ fn mount_propagation_options_are_applied() {
         "ro not applied: {p}"
     );
 }
+
+#[test]
+fn a_relative_bind_source_is_taken_from_the_bundle() {
+    // job-init resolves mount targets from inside the rootfs (its working directory while
+    // it mounts); a relative source must still mean the bundle's file, as runc reads it.
+    let b = Bundle::new(&["cat", "/data/note"]);
+    fs::create_dir(b.path().join("shared")).unwrap();
+    fs::write(b.path().join("shared/note"), "from the bundle\n").unwrap();
+    fs::create_dir(b.path().join("rootfs/shared")).unwrap();
+    fs::write(b.path().join("rootfs/shared/note"), "from the rootfs\n").unwrap();
+    fs::create_dir(b.path().join("rootfs/data")).unwrap();
+    b.edit(|s| {
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": "shared",
+            "options": ["rbind", "ro"]
+        }));
+    });
+    assert_eq!(run_ok(&b), "from the bundle\n");
+}
