@@ -141,37 +141,14 @@ fn job_init(configured: Option<&Path>, bin_dir: &Path) -> Check {
 }
 
 /// Whether the ELF file at `path` names a program interpreter (`PT_INTERP`): the dynamic
-/// loader that a static executable does without. Only 64-bit little-endian ELF is read (the
-/// architectures jobd runs on); anything else counts as not dynamic.
+/// loader that a static executable does without. A file that is not ELF counts as not dynamic.
 fn has_interpreter(path: &Path) -> std::io::Result<bool> {
-    use std::io::Read;
-    const PT_INTERP: u32 = 3;
-    let mut head = Vec::new();
-    std::fs::File::open(path)?
-        .take(64 * 1024)
-        .read_to_end(&mut head)?;
-    let u16_at = |o: usize| head.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        head.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |o: usize| {
-        head.get(o..o + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
-    };
-    // ELFCLASS64, ELFDATA2LSB
-    if head.get(..6) != Some(b"\x7fELF\x02\x01") {
-        return Ok(false);
+    use rootfs_builder::elf::{self, ElfError};
+    match elf::read(path) {
+        Ok(info) => Ok(info.interp.is_some()),
+        Err(ElfError::Io { source, .. }) => Err(source),
+        Err(ElfError::NotElf { .. } | ElfError::Corrupt { .. }) => Ok(false),
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
-        return Ok(false);
-    };
-    Ok((0..usize::from(phnum)).any(|i| {
-        let entry = phoff as usize + i * usize::from(phentsize);
-        u32_at(entry) == Some(PT_INTERP)
-    }))
 }
 
 fn shim(bin_dir: &Path) -> Check {

@@ -700,6 +700,7 @@ fn prologue(
     guards: Guards,
     label: &str,
 ) -> Result<BpfProgram, SeccompError> {
+    // An empty rule set: the architecture check and the mismatch action's return.
     let mut program = compile_rules(
         RuleSet::new(),
         on_match.clone(),
@@ -707,25 +708,15 @@ fn prologue(
         guards.native,
         label,
     )?;
-    let layout_ok =
-        program.len() == ARCH_CHECK_LEN + 1 && program[ARCH_CHECK_LEN].code == BPF_RET_K;
-    if !layout_ok {
-        return Err(SeccompError::Build {
-            action: label.to_string(),
-            reason: "unexpected program layout from seccompiler (empty filter)".into(),
-        });
+    if program.len() != ARCH_CHECK_LEN + 1 || !starts_with_arch_check(&program) {
+        return Err(build_err(
+            label,
+            "unexpected program layout from seccompiler (empty filter)".into(),
+        ));
     }
     program.truncate(ARCH_CHECK_LEN);
-    let with_guards = program.len() + 1;
-    program.push(stmt(BPF_RET_K, 0));
-    insert_guards(&mut program, guards).map_err(|reason| SeccompError::Build {
-        action: label.to_string(),
-        reason,
-    })?;
-    program.pop();
-    if program.len() < with_guards {
-        program.push(stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR));
-    }
+    program.push(stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR));
+    program.extend(guard_checks(guards).map_err(|r| build_err(label, r))?);
     Ok(program)
 }
 
@@ -767,10 +758,6 @@ fn compile_rules(
     native: Native,
     label: &str,
 ) -> Result<BpfProgram, SeccompError> {
-    let build_err = |reason: String| SeccompError::Build {
-        action: label.to_string(),
-        reason,
-    };
     let rules = rules
         .into_iter()
         .map(|(nr, m)| match m {
@@ -779,10 +766,10 @@ fn compile_rules(
         })
         .collect();
     let filter = SeccompFilter::new(rules, mismatch_action, match_action, native.target)
-        .map_err(|e| build_err(e.to_string()))?;
+        .map_err(|e| build_err(label, e.to_string()))?;
     filter.try_into().map_err(|e| match e {
         BackendError::FilterTooLarge(len) => too_large(label, len),
-        other => build_err(other.to_string()),
+        other => build_err(label, other.to_string()),
     })
 }
 
@@ -794,14 +781,18 @@ fn build_linear(
     label: &str,
 ) -> Result<BpfProgram, SeccompError> {
     let mut program = compile_rules(rules, match_action, mismatch_action, guards.native, label)?;
-    insert_guards(&mut program, guards).map_err(|reason| SeccompError::Build {
-        action: label.to_string(),
-        reason,
-    })?;
+    insert_guards(&mut program, guards).map_err(|r| build_err(label, r))?;
     if program.len() > MAX_FILTER_INSTRUCTIONS {
         return Err(too_large(label, program.len()));
     }
     Ok(program)
+}
+
+fn build_err(label: &str, reason: String) -> SeccompError {
+    SeccompError::Build {
+        action: label.to_string(),
+        reason,
+    }
 }
 
 fn too_large(label: &str, len: usize) -> SeccompError {
@@ -817,15 +808,31 @@ fn too_large(label: &str, len: usize) -> SeccompError {
 /// the rules after it jump only forward among themselves), so inserting there keeps every jump
 /// target.
 fn insert_guards(program: &mut BpfProgram, guards: Guards) -> Result<(), String> {
-    let layout_ok = program.len() > ARCH_CHECK_LEN
+    if !starts_with_arch_check(program) {
+        return Err("unexpected program layout from seccompiler (no architecture check)".into());
+    }
+    let checks = guard_checks(guards)?;
+    if !checks.is_empty() {
+        let load = std::iter::once(stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR));
+        program.splice(ARCH_CHECK_LEN..ARCH_CHECK_LEN, load.chain(checks));
+    }
+    Ok(())
+}
+
+/// Whether `program` starts with seccompiler's architecture check (load the arch, compare,
+/// return on mismatch) and goes on after it.
+fn starts_with_arch_check(program: &[sock_filter]) -> bool {
+    program.len() > ARCH_CHECK_LEN
         && program[0].code == BPF_LD_W_ABS
         && program[0].k == SECCOMP_DATA_ARCH
         && program[1].code == BPF_JMP_JEQ_K
         && (program[1].jt, program[1].jf) == (1, 0)
-        && program[2].code == BPF_RET_K;
-    if !layout_ok {
-        return Err("unexpected program layout from seccompiler (no architecture check)".into());
-    }
+        && program[2].code == BPF_RET_K
+}
+
+/// The x32 and "newer than the profile" checks of `guards`, for the syscall number in the
+/// accumulator (which they leave there).
+fn guard_checks(guards: Guards) -> Result<BpfProgram, String> {
     let enosys = stmt(BPF_RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
     let mut checks = Vec::new();
     if guards.native.has_x32 {
@@ -837,12 +844,7 @@ fn insert_guards(program: &mut BpfProgram, guards: Guards) -> Result<(), String>
         checks.push(jump(BPF_JMP_JGT_K, max, 0, 1));
         checks.push(enosys);
     }
-    if checks.is_empty() {
-        return Ok(());
-    }
-    checks.insert(0, stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR));
-    program.splice(ARCH_CHECK_LEN..ARCH_CHECK_LEN, checks);
-    Ok(())
+    Ok(checks)
 }
 
 /// Every filter installed applies to the `seccomp(2)` calls installing the next ones, so a
