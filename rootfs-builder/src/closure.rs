@@ -35,9 +35,6 @@ pub enum ClosureError {
 pub struct Resolver {
     cache: Option<LdCache>,
     conf_dirs: Vec<PathBuf>,
-    /// Set when a library was only found through ld.so.cache/ld.so.conf in a directory that the
-    /// dynamic linker would not search on its own: the rootfs then needs the cache too.
-    pub needs_ld_cache: bool,
     /// Directories whose listing decided a lookup (inputs of the build's content key).
     pub probed_dirs: BTreeSet<PathBuf>,
 }
@@ -61,9 +58,13 @@ impl Resolver {
         Ok(Resolver {
             cache,
             conf_dirs,
-            needs_ld_cache: false,
             probed_dirs: BTreeSet::new(),
         })
+    }
+
+    /// The host's parsed ld.so.cache, if it has one.
+    pub fn ld_cache(&self) -> Option<&LdCache> {
+        self.cache.as_ref()
     }
 
     /// The interpreter and every library `program` loads, as host paths in the form they were
@@ -165,10 +166,6 @@ impl Resolver {
             }
             for cand in cached.iter().chain(&conf) {
                 if let Some(hit) = self.try_candidate(cand, root, &mut not_elf)? {
-                    let dir = cand.parent().unwrap_or(Path::new("/"));
-                    if !defaults.iter().any(|d| d == dir) {
-                        self.needs_ld_cache = true;
-                    }
                     return Ok(hit);
                 }
             }

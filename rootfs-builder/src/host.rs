@@ -120,15 +120,13 @@ pub fn build_with_env(req: &HostRequest, env: &Env) -> Result<BuiltRootfs, HostE
     for extra in &req.with {
         copy.add_tree(&env.cwd.join(extra), FileMode::AsHost, &|_, _| true)?;
     }
-    if resolver.needs_ld_cache {
-        copy.add(Path::new("/etc/ld.so.cache"), FileMode::AsHost)?;
-    }
     add_skeleton(&mut copy)?;
     add_merged_usr_links(&mut copy)?;
     // Links last: a copied host file at the same path wins over a convenience link.
     for (name, target) in links {
         copy.symlink_new(&Path::new(LINK_DIR).join(name), &target)?;
     }
+    add_ld_cache(&mut copy, &resolver)?;
     for input in [Path::new("/etc/ld.so.cache"), Path::new("/etc/ld.so.conf")] {
         copy.note_input(input);
     }
@@ -204,6 +202,21 @@ fn add_merged_usr_links(copy: &mut HostCopy) -> Result<(), CopyError> {
         }
     }
     Ok(())
+}
+
+/// The host's ld.so.cache cut down to the libraries the rootfs holds: ld.so then opens each
+/// library at once instead of probing a dozen hwcap and multiarch directories for it (on a
+/// job's overlay, every miss is a lookup in each layer), libraries outside its built-in
+/// directories are found, and the host's other library names stay out of the rootfs.
+fn add_ld_cache(copy: &mut HostCopy, resolver: &Resolver) -> Result<(), CopyError> {
+    let Some(host) = resolver.ld_cache() else {
+        return Ok(());
+    };
+    let subset = host.subset(|lib| std::fs::symlink_metadata(copy.staged(lib)).is_ok());
+    if subset.is_empty() {
+        return Ok(());
+    }
+    copy.write_new(Path::new("/etc/ld.so.cache"), &subset.to_bytes(), 0o644)
 }
 
 /// The minimal /etc and the empty mount points every rootfs gets.

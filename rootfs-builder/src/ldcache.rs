@@ -1,6 +1,7 @@
 //! Where the host's dynamic linker finds libraries outside its built-in directories:
 //! `/etc/ld.so.cache` (parsed directly, as ld.so does) and, where there is no cache,
-//! `/etc/ld.so.conf` with its `include` lines.
+//! `/etc/ld.so.conf` with its `include` lines. A rootfs gets the part of the host's cache
+//! that names its own libraries ([`LdCache::subset`], [`LdCache::to_bytes`]).
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +29,21 @@ pub enum LdCacheError {
 /// The `soname -> path` pairs of an ld.so.cache, in the cache's (priority) order.
 #[derive(Debug, Default, Clone)]
 pub struct LdCache {
-    entries: Vec<(String, PathBuf)>,
+    entries: Vec<Entry>,
+    /// The header's flags byte (endianness), kept for a cache written from this one.
+    header_flags: u8,
+}
+
+/// One library of the cache, with the fields ld.so matches on besides the name.
+#[derive(Debug, Clone)]
+struct Entry {
+    key: String,
+    value: PathBuf,
+    /// Object type and ABI (e.g. libc6 x86-64); ld.so skips entries of other ABIs.
+    flags: i32,
+    osversion: u32,
+    /// Non-zero for hwcap-specific copies (glibc-hwcaps subdirectories and older schemes).
+    hwcap: u64,
 }
 
 impl LdCache {
@@ -48,8 +63,56 @@ impl LdCache {
     pub fn lookup<'a>(&'a self, soname: &'a str) -> impl Iterator<Item = &'a Path> + 'a {
         self.entries
             .iter()
-            .filter(move |(k, _)| k == soname)
-            .map(|(_, v)| v.as_path())
+            .filter(move |e| e.key == soname)
+            .map(|e| e.value.as_path())
+    }
+
+    /// The entries whose library `present` says is there, in the same order (ld.so
+    /// binary-searches the table, so the order ldconfig sorted it in must stay). Entries for
+    /// hwcap-specific directories are left out: they point into the cache's extension
+    /// section, which a subset does not carry, and without them ld.so uses the plain copy.
+    pub fn subset(&self, present: impl Fn(&Path) -> bool) -> LdCache {
+        LdCache {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| e.hwcap == 0 && present(&e.value))
+                .cloned()
+                .collect(),
+            header_flags: self.header_flags,
+        }
+    }
+
+    /// The cache in glibc's "new" format (what ldconfig writes since glibc 2.32): header,
+    /// entry table, then the strings, their offsets counted from the header's start.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let strings_at = NEW_HEADER_LEN + self.entries.len() * NEW_ENTRY_LEN;
+        let mut table = Vec::with_capacity(strings_at);
+        let mut strings: Vec<u8> = Vec::new();
+        let mut add_string = |text: &[u8]| {
+            let offset = (strings_at + strings.len()) as u32;
+            strings.extend_from_slice(text);
+            strings.push(0);
+            offset
+        };
+        for e in &self.entries {
+            let key = add_string(e.key.as_bytes());
+            let value = add_string(e.value.as_os_str().as_encoded_bytes());
+            table.extend(e.flags.to_ne_bytes());
+            table.extend(key.to_ne_bytes());
+            table.extend(value.to_ne_bytes());
+            table.extend(e.osversion.to_ne_bytes());
+            table.extend(e.hwcap.to_ne_bytes());
+        }
+        let mut out = NEW_MAGIC.to_vec();
+        out.extend((self.entries.len() as u32).to_ne_bytes());
+        out.extend((strings.len() as u32).to_ne_bytes());
+        out.push(self.header_flags);
+        // Padding, no extension section (offset 0), unused words.
+        out.resize(NEW_HEADER_LEN, 0);
+        out.extend(table);
+        out.extend(strings);
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -64,6 +127,11 @@ impl LdCache {
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     b.get(off..off + 4)
         .map(|s| u32::from_ne_bytes(s.try_into().expect("4 bytes")))
+}
+
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    b.get(off..off + 8)
+        .map(|s| u64::from_ne_bytes(s.try_into().expect("8 bytes")))
 }
 
 /// Parses the "new" format (glibc >= 2.32 writes only it), also when it follows an old-format
@@ -108,12 +176,22 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<LdCache, LdCacheError> {
         let e = NEW_HEADER_LEN + i * NEW_ENTRY_LEN;
         let key = u32_at(new, e + 4).and_then(string);
         let value = u32_at(new, e + 8).and_then(string);
-        match (key, value) {
-            (Some(k), Some(v)) => entries.push((k, PathBuf::from(v))),
-            _ => return Err(truncated("string table")),
-        }
+        let (Some(key), Some(value)) = (key, value) else {
+            return Err(truncated("string table"));
+        };
+        // The table's length was checked above, so the fixed fields are there.
+        entries.push(Entry {
+            key,
+            value: PathBuf::from(value),
+            flags: u32_at(new, e).unwrap_or(0) as i32,
+            osversion: u32_at(new, e + 12).unwrap_or(0),
+            hwcap: u64_at(new, e + 16).unwrap_or(0),
+        });
     }
-    Ok(LdCache { entries })
+    Ok(LdCache {
+        entries,
+        header_flags: new.get(28).copied().unwrap_or(0),
+    })
 }
 
 /// Directories named by an `ld.so.conf` and the files it includes, in order. Unreadable or
@@ -271,6 +349,41 @@ mod tests {
             );
             assert_eq!(cache.len(), 3);
         }
+    }
+
+    /// A subset of the host's cache written out parses back to the same entries in the same
+    /// order, with the ABI flags ld.so checks carried over byte for byte.
+    #[test]
+    fn subset_of_the_host_cache_round_trips() {
+        let host = LdCache::load(Path::new("/etc/ld.so.cache"))
+            .unwrap()
+            .expect("host has /etc/ld.so.cache");
+        let subset =
+            host.subset(|p| p.to_string_lossy().contains("libc.so") || p.ends_with("libm.so.6"));
+        assert!(subset.lookup("libc.so.6").next().is_some(), "{subset:?}");
+        assert!(subset.len() < host.len());
+        assert!(subset.entries.iter().all(|e| e.hwcap == 0));
+        let bytes = subset.to_bytes();
+        let back = parse(&bytes, Path::new("/x")).unwrap();
+        let fields = |c: &LdCache| -> Vec<(String, PathBuf, i32, u32)> {
+            c.entries
+                .iter()
+                .map(|e| (e.key.clone(), e.value.clone(), e.flags, e.osversion))
+                .collect()
+        };
+        assert_eq!(fields(&back), fields(&subset));
+        assert_eq!(back.header_flags, host.header_flags);
+        let in_host: Vec<_> = fields(&host)
+            .into_iter()
+            .filter(|f| fields(&subset).contains(f))
+            .collect();
+        assert_eq!(fields(&subset), in_host, "order kept");
+        // The header's string length is what follows the table.
+        let strings = u32_at(&bytes, 24).unwrap() as usize;
+        assert_eq!(
+            NEW_HEADER_LEN + subset.len() * NEW_ENTRY_LEN + strings,
+            bytes.len()
+        );
     }
 
     #[test]

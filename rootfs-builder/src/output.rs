@@ -18,7 +18,7 @@ use tempfile::TempDir;
 /// The marker at the top of every built tree.
 pub const MARKER: &str = ".rootfs-builder.json";
 /// Changes whenever the builder would lay out the same inputs differently.
-pub const BUILDER_VERSION: &str = concat!("rootfs-builder/", env!("CARGO_PKG_VERSION"), "/2");
+pub const BUILDER_VERSION: &str = concat!("rootfs-builder/", env!("CARGO_PKG_VERSION"), "/3");
 /// Every host-mode entry gets this mtime (1980-01-01, the zip epoch), so that the same inputs
 /// give the same tree.
 pub const FIXED_MTIME: i64 = 315_532_800;

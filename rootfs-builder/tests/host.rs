@@ -105,33 +105,58 @@ fn sh_and_python3_rootfs_runs_and_holds_only_their_programs() {
         want.sort();
         want
     });
-    // No caches, tests or GUI toolkits came along.
+    // No tests or GUI toolkits came along; the host's bytecode neither (see below).
     let mut unwanted = Vec::new();
+    let mut json_pyc = None;
     output::walk(&out, &mut |rel, _| {
         let name = rel.file_name().unwrap().to_string_lossy();
-        if [
-            "__pycache__",
-            "test",
-            "tests",
-            "tkinter",
-            "idlelib",
-            "site-packages",
-        ]
-        .contains(&name.as_ref())
-        {
+        if rel.ends_with("json/__pycache__") {
+            json_pyc = fs::read_dir(out.join(rel))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("__init__.")
+                });
+        }
+        if ["test", "tests", "tkinter", "idlelib", "site-packages"].contains(&name.as_ref()) {
             unwanted.push(rel.to_path_buf());
         }
         Ok(())
     })
     .unwrap();
     assert!(unwanted.is_empty(), "{unwanted:?}");
+    // The stdlib is compiled in the rootfs, hash-checked (PEP 552 flags 0b11), not copied.
+    let json_pyc = json_pyc.expect("json/__pycache__/__init__.*.pyc in the rootfs");
+    let header = fs::read(&json_pyc).unwrap();
+    assert_eq!(u32::from_le_bytes(header[4..8].try_into().unwrap()), 3);
+    let fixed_mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+    let built_at = fixed_mtime(&json_pyc);
+    // The cache lists the rootfs's own libraries, not the host's others.
+    let cache = fs::read(out.join("etc/ld.so.cache")).expect("etc/ld.so.cache");
+    let host_cache = fs::read("/etc/ld.so.cache").unwrap();
+    assert!(cache.len() < host_cache.len());
 
     if !is_root() {
         eprintln!("skipping chroot run: needs root");
         return;
     }
+    // ld.so finds every library of `sh` through the cache, without probing directories.
+    let traced = Command::new("chroot")
+        .arg(&out)
+        .args(["/bin/sh", "-c", "true"])
+        .env("LD_DEBUG", "libs")
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&traced.stderr);
+    assert!(trace.contains("search cache=/etc/ld.so.cache"), "{trace}");
+    assert!(!trace.contains("system search path"), "{trace}");
     let run = Command::new("chroot")
         .arg(&out)
+        .env_remove("PYTHONDONTWRITEBYTECODE")
         .args([
             "/usr/bin/python3",
             "-c",
@@ -149,6 +174,12 @@ fn sh_and_python3_rootfs_runs_and_holds_only_their_programs() {
     assert_eq!(
         String::from_utf8_lossy(&run.stdout).trim(),
         "[3, \"OpenSSL\", \"5e8c99\", 4]"
+    );
+    // Python took the bytecode as valid: it would otherwise have rewritten it.
+    assert_eq!(
+        fixed_mtime(&json_pyc),
+        built_at,
+        "json's bytecode was recompiled"
     );
     let sh = Command::new("chroot")
         .arg(&out)
@@ -299,6 +330,7 @@ fn distribution_python_runs_too() {
     host::build(&request(&out, &["/usr/bin/python3"])).unwrap();
     let run = Command::new("chroot")
         .arg(&out)
+        .env_remove("PYTHONDONTWRITEBYTECODE")
         .args([
             "/usr/bin/python3",
             "-c",

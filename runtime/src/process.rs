@@ -145,10 +145,15 @@ fn cap_err(name: &str) -> impl Fn(caps::errors::CapsError) -> ProcessError + '_ 
 /// process is still root.
 pub fn drop_bounding(plan: &CapPlan) -> Result<(), ProcessError> {
     for cap in caps::all() {
-        if !plan.bounding.contains(&cap)
-            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
-        {
-            caps::drop(None, CapSet::Bounding, cap).map_err(cap_err("bounding"))?;
+        if plan.bounding.contains(&cap) {
+            continue;
+        }
+        // Dropping is idempotent, so only a failure needs the set read: a capability newer
+        // than this kernel fails to drop and is not in the set either.
+        if let Err(e) = caps::drop(None, CapSet::Bounding, cap) {
+            if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                return Err(cap_err("bounding")(e));
+            }
         }
     }
     Ok(())
