@@ -23,6 +23,9 @@ struct Args {
     /// Sequential starts measured for latency.
     #[arg(long, default_value_t = 100)]
     latency_jobs: usize,
+    /// Sequential Python jobs (importing common modules) measured for latency; 0 skips them.
+    #[arg(long, default_value_t = 20)]
+    python_jobs: usize,
     /// Jobs started for the throughput figure.
     #[arg(long, default_value_t = 400)]
     throughput_jobs: usize,
@@ -53,6 +56,33 @@ struct Args {
     /// for the run (see `FreshFs`).
     #[arg(long)]
     data_on_host_fs: bool,
+}
+
+const PYTHON_IMPORTS: &str = "import json, ssl, hashlib, subprocess, argparse; print(1)";
+
+/// StartJob -> first output byte of `spec`, `n` times one after another.
+async fn first_byte_latencies(
+    c: &mut JobServiceClient<Channel>,
+    spec: &JobSpec,
+    n: usize,
+) -> Result<Vec<Duration>> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let job = start(c, spec.clone()).await?;
+        let mut s = c
+            .stream_output(StreamOutputRequest {
+                job_id: job.id.clone(),
+                offset: 0,
+                no_follow: false,
+            })
+            .await?
+            .into_inner();
+        s.message().await?.context("no output")?;
+        lat.push(t.elapsed());
+        while s.message().await?.is_some() {}
+    }
+    Ok(lat)
 }
 
 struct Jobd {
@@ -390,30 +420,12 @@ async fn run(args: Args) -> Result<()> {
     // 1. StartJob -> first output byte, sequential.
     let warm = start(&mut c, sh("echo warm")).await?;
     drain(&mut c, &warm.id).await?;
-    let mut lat = Vec::new();
-    for _ in 0..args.latency_jobs {
-        let t = Instant::now();
-        let job = start(
-            &mut c,
-            JobSpec {
-                command: "echo".into(),
-                args: vec!["x".into()],
-                ..Default::default()
-            },
-        )
-        .await?;
-        let mut s = c
-            .stream_output(StreamOutputRequest {
-                job_id: job.id.clone(),
-                offset: 0,
-                no_follow: false,
-            })
-            .await?
-            .into_inner();
-        s.message().await?.context("no output")?;
-        lat.push(t.elapsed());
-        while s.message().await?.is_some() {}
-    }
+    let echo = JobSpec {
+        command: "echo".into(),
+        args: vec!["x".into()],
+        ..Default::default()
+    };
+    let mut lat = first_byte_latencies(&mut c, &echo, args.latency_jobs).await?;
     println!(
         "start -> first byte ({} jobs, sequential): p50 {}  p90 {}  max {}",
         lat.len(),
@@ -421,6 +433,22 @@ async fn run(args: Args) -> Result<()> {
         ms(pct(&mut lat, 0.9)),
         ms(pct(&mut lat, 1.0))
     );
+    // The same for a Python job that imports common modules: what a `python3 x.py` pays
+    // before its first line runs (interpreter start, imports from the shared rootfs).
+    if args.python_jobs > 0 {
+        let python = JobSpec {
+            command: "python3".into(),
+            args: vec!["-c".into(), PYTHON_IMPORTS.into()],
+            ..Default::default()
+        };
+        let mut lat = first_byte_latencies(&mut c, &python, args.python_jobs).await?;
+        println!(
+            "python3 start -> first byte ({} jobs, sequential; {PYTHON_IMPORTS:?}): p50 {}  p90 {}",
+            lat.len(),
+            ms(pct(&mut lat, 0.5)),
+            ms(pct(&mut lat, 0.9)),
+        );
+    }
 
     // 2. Throughput: StartJob with `concurrency` in flight.
     let cpu_before = host_cpu_ticks()?;
