@@ -406,6 +406,10 @@ async fn run(args: Args) -> Result<()> {
         Some(FreshFs::new(&args.dir)?)
     };
     let run_parent = fresh.as_ref().map_or(args.dir.clone(), |f| f.mnt.clone());
+    // jobd uses a configured rootfs as it finds it: bring the kept one up to date with this
+    // build's rootfs-builder first (a no-op when nothing changed), so the run measures the
+    // default rootfs jobd would build today.
+    daemon::rootfs::build_default_rootfs(&args.dir.join("rootfs"))?;
     let jobd = spawn(&args.jobd, &args.dir, &run_parent)?;
     let pid = jobd.child.id();
     let mut c = connect(&jobd).await?;
