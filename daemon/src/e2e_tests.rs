@@ -236,6 +236,15 @@ async fn tls_refuses_bad_clients() {
     let good = h.identity("root", "admin");
     let mut c = h.client_with(&ca.cert_pem, Some(&good)).await.unwrap();
     c.list_jobs(ListJobsRequest::default()).await.unwrap();
+    // Identities with P-384 keys, as earlier versions issued them, still work.
+    let p384 = ca
+        .issue_p384(&Purpose::Client {
+            name: "root".into(),
+            role: "admin".into(),
+        })
+        .unwrap();
+    let mut c = h.client_with(&ca.cert_pem, Some(&p384)).await.unwrap();
+    c.list_jobs(ListJobsRequest::default()).await.unwrap();
 
     let other_ca = crate::certs::Ca::generate("other").unwrap();
     let foreign = other_ca
