@@ -113,15 +113,23 @@ fn keep_stdlib_entry(rel: &Path, is_dir: bool) -> bool {
 /// failure only costs speed, so it is a warning.
 fn compile_bytecode(exe: &Path, copy: &HostCopy, libs: &[&Path]) {
     let root = copy.staged(Path::new(""));
-    let out = Command::new(exe)
-        .env_clear()
-        .env("PYTHONHASHSEED", "0")
-        .args(["-S", "-m", "compileall", "-q", "-j", "0"])
-        .args(["--invalidation-mode", "checked-hash", "-s"])
-        .arg(&root)
-        .args(["-p", "/"])
-        .args(libs.iter().map(|lib| copy.staged(lib)))
-        .output();
+    let compileall = |workers: &str| {
+        Command::new(exe)
+            .env_clear()
+            .env("PYTHONHASHSEED", "0")
+            .args(["-S", "-m", "compileall", "-q", "-j", workers])
+            .args(["--invalidation-mode", "checked-hash", "-s"])
+            .arg(&root)
+            .args(["-p", "/"])
+            .args(libs.iter().map(|lib| copy.staged(lib)))
+            .output()
+    };
+    // One worker per CPU needs process pools (POSIX semaphores), which a sandboxed build may
+    // lack: then once more in one process.
+    let out = match compileall("0") {
+        Ok(out) if out.status.success() => return,
+        _ => compileall("1"),
+    };
     let problem = match out {
         Ok(out) if out.status.success() => return,
         Ok(out) => {
