@@ -60,6 +60,16 @@ struct Args {
 
 const PYTHON_IMPORTS: &str = "import json, ssl, hashlib, subprocess, argparse; print(1)";
 
+fn print_latencies(what: &str, mut lat: Vec<Duration>) {
+    println!(
+        "{what} ({} jobs, sequential): p50 {}  p90 {}  max {}",
+        lat.len(),
+        ms(pct(&mut lat, 0.5)),
+        ms(pct(&mut lat, 0.9)),
+        ms(pct(&mut lat, 1.0))
+    );
+}
+
 /// StartJob -> first output byte of `spec`, `n` times one after another.
 async fn first_byte_latencies(
     c: &mut JobServiceClient<Channel>,
@@ -429,14 +439,8 @@ async fn run(args: Args) -> Result<()> {
         args: vec!["x".into()],
         ..Default::default()
     };
-    let mut lat = first_byte_latencies(&mut c, &echo, args.latency_jobs).await?;
-    println!(
-        "start -> first byte ({} jobs, sequential): p50 {}  p90 {}  max {}",
-        lat.len(),
-        ms(pct(&mut lat, 0.5)),
-        ms(pct(&mut lat, 0.9)),
-        ms(pct(&mut lat, 1.0))
-    );
+    let lat = first_byte_latencies(&mut c, &echo, args.latency_jobs).await?;
+    print_latencies("start -> first byte", lat);
     // The same for a Python job that imports common modules: what a `python3 x.py` pays
     // before its first line runs (interpreter start, imports from the shared rootfs).
     if args.python_jobs > 0 {
@@ -445,12 +449,10 @@ async fn run(args: Args) -> Result<()> {
             args: vec!["-c".into(), PYTHON_IMPORTS.into()],
             ..Default::default()
         };
-        let mut lat = first_byte_latencies(&mut c, &python, args.python_jobs).await?;
-        println!(
-            "python3 start -> first byte ({} jobs, sequential; {PYTHON_IMPORTS:?}): p50 {}  p90 {}",
-            lat.len(),
-            ms(pct(&mut lat, 0.5)),
-            ms(pct(&mut lat, 0.9)),
+        let lat = first_byte_latencies(&mut c, &python, args.python_jobs).await?;
+        print_latencies(
+            &format!("python3 {PYTHON_IMPORTS:?}: start -> first byte"),
+            lat,
         );
     }
 

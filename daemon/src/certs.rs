@@ -158,12 +158,8 @@ impl Ca {
 
     /// Issues a leaf certificate valid for a year from now.
     pub fn issue(&self, purpose: &Purpose) -> Result<Identity, CertError> {
-        let now = OffsetDateTime::now_utc();
-        self.issue_valid(
-            purpose,
-            now - Duration::minutes(5),
-            now + Duration::days(LEAF_VALIDITY_DAYS),
-        )
+        let (from, to) = leaf_validity();
+        self.issue_valid(purpose, from, to)
     }
 
     /// Issues a leaf certificate valid from `not_before` to `not_after` (tests use this for
@@ -180,13 +176,8 @@ impl Ca {
     /// Issues a leaf with a P-384 key, as versions before Ed25519 did (tests check that such
     /// identities keep working).
     pub fn issue_p384(&self, purpose: &Purpose) -> Result<Identity, CertError> {
-        let now = OffsetDateTime::now_utc();
-        self.issue_with(
-            purpose,
-            now - Duration::minutes(5),
-            now + Duration::days(LEAF_VALIDITY_DAYS),
-            &rcgen::PKCS_ECDSA_P384_SHA384,
-        )
+        let (from, to) = leaf_validity();
+        self.issue_with(purpose, from, to, &rcgen::PKCS_ECDSA_P384_SHA384)
     }
 
     fn issue_with(
@@ -230,6 +221,15 @@ impl Ca {
             key_pem: key_pem(&key),
         })
     }
+}
+
+/// A leaf's validity: a year from now (from five minutes ago, for clocks slightly behind).
+fn leaf_validity() -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    (
+        now - Duration::minutes(5),
+        now + Duration::days(LEAF_VALIDITY_DAYS),
+    )
 }
 
 /// ring writes Ed25519 keys as PKCS#8 v2 (with the public key), which OpenSSL 3.0 and other
