@@ -120,6 +120,9 @@ pub struct Config {
     /// with the default 10 a job gets the CPU before jobd's work for clients (TLS, streaming):
     /// a thousand followers do not slow the job they follow.
     pub nice: i32,
+    /// Finished jobs (record and output) are deleted this many seconds after they ended;
+    /// 0 keeps them. Running and starting jobs are never deleted.
+    pub retention_secs: u64,
 }
 
 impl Default for Config {
@@ -140,11 +143,17 @@ impl Default for Config {
             max_message_bytes: 20 << 20,
             shutdown_policy: ShutdownPolicy::Stop,
             nice: 10,
+            retention_secs: 0,
         }
     }
 }
 
 impl Config {
+    /// How long finished jobs are kept, if not for ever.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        (self.retention_secs > 0).then(|| std::time::Duration::from_secs(self.retention_secs))
+    }
+
     /// Loads a TOML file over the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

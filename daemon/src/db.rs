@@ -89,12 +89,27 @@ CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
 ";
 
 /// Columns added after the first schema, which older databases lack.
-const ADDED_COLUMNS: [(&str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str); 5] = [
     ("shim_pid", "INTEGER"),
     ("shim_start", "INTEGER"),
     ("stop_reason", "TEXT"),
     ("stop_kill_at_ms", "INTEGER"),
+    // When a job in a final state ended (ms since the epoch); NULL while it may still run.
+    ("ended_ms", "INTEGER"),
 ];
+
+/// The states a job never leaves, as stored in the `state` column: only these are pruned.
+const FINAL_STATES_SQL: &str = "(3, 4, 5, 6)";
+
+/// When `job` ended, if it is in a final state (its creation time for a job that failed
+/// before anything recorded an end).
+fn ended_ms(job: &Job) -> Option<i64> {
+    crate::manager::is_final(job.state).then_some(if job.ended_at_ms > 0 {
+        job.ended_at_ms
+    } else {
+        job.created_at_ms
+    })
+}
 
 fn add_missing_columns(conn: &Connection) -> Result<(), rusqlite::Error> {
     for (name, kind) in ADDED_COLUMNS {
@@ -134,9 +149,47 @@ impl Db {
         // Room for every statement jobd makes, the list's variants (filters, paging) too.
         conn.set_prepared_statement_cache_capacity(64);
         add_missing_columns(&conn).map_err(err)?;
-        Ok(Db {
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended_ms) WHERE ended_ms IS NOT NULL;",
+        )
+        .map_err(err)?;
+        let db = Db {
             conn: Mutex::new(conn),
-        })
+        };
+        db.fill_ended_times()?;
+        Ok(db)
+    }
+
+    /// Gives finished jobs of a database from before the `ended_ms` column their end time,
+    /// so that retention sees them.
+    fn fill_ended_times(&self) -> Result<(), DbError> {
+        let conn = self.conn();
+        let q = |source| DbError::Query {
+            op: "fill end times",
+            job_id: "-".into(),
+            source,
+        };
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT id, record FROM jobs WHERE ended_ms IS NULL AND state IN {FINAL_STATES_SQL}"
+            ))
+            .map_err(q)?;
+        let rows: Vec<(String, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(q)?;
+        for (id, blob) in rows {
+            let job = Job::decode(blob.as_slice()).map_err(|source| DbError::Decode {
+                job_id: id.clone(),
+                source,
+            })?;
+            conn.execute(
+                "UPDATE jobs SET ended_ms = ?2 WHERE id = ?1",
+                params![id, ended_ms(&job)],
+            )
+            .map_err(q)?;
+        }
+        Ok(())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -170,8 +223,8 @@ impl Db {
         self.run(
             "insert",
             &job.id,
-            "INSERT INTO jobs (id, owner, state, record) VALUES (?1, ?2, ?3, ?4)",
-            params![job.id, job.owner, job.state, strip(job)],
+            "INSERT INTO jobs (id, owner, state, record, ended_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![job.id, job.owner, job.state, strip(job), ended_ms(job)],
         )
     }
 
@@ -180,8 +233,8 @@ impl Db {
         self.run(
             "update",
             &job.id,
-            "UPDATE jobs SET state = ?2, record = ?3 WHERE id = ?1",
-            params![job.id, job.state, strip(job)],
+            "UPDATE jobs SET state = ?2, record = ?3, ended_ms = ?4 WHERE id = ?1",
+            params![job.id, job.state, strip(job), ended_ms(job)],
         )
     }
 
@@ -227,8 +280,8 @@ impl Db {
             &job.id,
             "UPDATE jobs SET state = ?2, record = ?3, pid = NULL, pid_start = NULL, \
                  shim_pid = NULL, shim_start = NULL, stop_reason = NULL, \
-                 stop_kill_at_ms = NULL WHERE id = ?1",
-            params![job.id, job.state, strip(job)],
+                 stop_kill_at_ms = NULL, ended_ms = ?4 WHERE id = ?1",
+            params![job.id, job.state, strip(job), ended_ms(job)],
         )
     }
 
@@ -256,6 +309,30 @@ impl Db {
             })
         })
         .transpose()
+    }
+
+    /// Up to `limit` jobs in a final state that ended before `cutoff_ms`, oldest end first.
+    pub fn ended_before(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<String>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT id FROM jobs WHERE ended_ms IS NOT NULL AND ended_ms < ?1 \
+                 AND state IN {FINAL_STATES_SQL} ORDER BY ended_ms LIMIT ?2"
+            ))
+            .map_err(Self::q("ended before", "-"))?;
+        stmt.query_map(params![cutoff_ms, limit], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(Self::q("ended before", "-"))
+    }
+
+    /// Deletes the record of job `id` if it is in a final state (never one that may run).
+    pub fn delete_finished(&self, id: &str) -> Result<(), DbError> {
+        self.run(
+            "delete",
+            id,
+            &format!("DELETE FROM jobs WHERE id = ?1 AND state IN {FINAL_STATES_SQL}"),
+            params![id],
+        )
     }
 
     /// A page of jobs, newest first, and the token of the next page ("" at the end).
@@ -388,6 +465,57 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn retention_sees_only_finished_jobs_by_their_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let ended = |i, state, at| Job {
+            ended_at_ms: at,
+            created_at_ms: 5,
+            ..job(i, "alice", state)
+        };
+        {
+            let db = Db::open(&path).unwrap();
+            db.insert(&ended(1, JobState::Running, 0)).unwrap();
+            db.insert(&ended(2, JobState::Starting, 0)).unwrap();
+            db.insert(&ended(3, JobState::Running, 0)).unwrap();
+            db.finish(&ended(3, JobState::Exited, 300)).unwrap();
+            db.insert(&ended(4, JobState::Running, 0)).unwrap();
+            db.update(&ended(4, JobState::Stopped, 100)).unwrap();
+            // Failed before anything recorded an end: its creation counts.
+            db.insert(&ended(5, JobState::Failed, 0)).unwrap();
+            db.insert(&ended(6, JobState::Killed, 900)).unwrap();
+            let ids = db.ended_before(400, 10).unwrap();
+            assert_eq!(ids, [5, 4, 3].map(|i| job(i, "", JobState::Exited).id));
+            assert_eq!(db.ended_before(400, 2).unwrap().len(), 2);
+            // Never a job that may still run, even asked directly.
+            db.delete_finished(&job(1, "", JobState::Running).id)
+                .unwrap();
+            assert!(db.get(&job(1, "", JobState::Running).id).unwrap().is_some());
+            db.delete_finished(&job(3, "", JobState::Exited).id)
+                .unwrap();
+            assert!(db.get(&job(3, "", JobState::Exited).id).unwrap().is_none());
+            // A database from before the column: finished rows have no end time yet.
+            db.conn()
+                .execute("UPDATE jobs SET ended_ms = NULL", [])
+                .unwrap();
+            assert!(db.ended_before(i64::MAX, 10).unwrap().is_empty());
+        }
+        let db = Db::open(&path).unwrap();
+        let ids = db.ended_before(i64::MAX, 10).unwrap();
+        assert_eq!(ids, [5, 4, 6].map(|i| job(i, "", JobState::Exited).id));
+        // The SQL list of final states is the enum's.
+        let finals = [
+            JobState::Exited,
+            JobState::Killed,
+            JobState::Stopped,
+            JobState::Failed,
+        ]
+        .map(|s| (s as i32).to_string())
+        .join(", ");
+        assert_eq!(FINAL_STATES_SQL, format!("({finals})"));
     }
 
     #[test]

@@ -618,6 +618,51 @@ async fn stop_timeout_states_and_pagination() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_finished_jobs_and_keeps_running_ones() {
+    let h = Harness::start(Arc::new(HostExecutor), |cfg| cfg.retention_secs = 1).await;
+    let mut c = h.client("root", "admin").await;
+    let running = start(&mut c, sh("sleep 30")).await.unwrap();
+    let done = start(&mut c, sh("echo bye")).await.unwrap();
+    wait_final(&mut c, &done.id).await;
+    let dir_of = |id: &str| h.cfg.data_dir.join("jobs").join(id);
+    assert!(dir_of(&done.id).join("output").exists());
+    let get = |c: &mut JobServiceClient<Channel>, id: &str| {
+        let mut c = c.clone();
+        let job_id = id.to_string();
+        async move { c.get_job(GetJobRequest { job_id }).await }
+    };
+    // Record and files go within a few periods of the retention (1 s, checked every second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match get(&mut c, &done.id).await {
+            Err(s) if s.code() == Code::NotFound => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "finished job kept past retention: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!dir_of(&done.id).exists(), "files of the deleted job left");
+    // The running job, created before the deleted one, is untouched.
+    let r = get(&mut c, &running.id)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(r.state, JobState::Running as i32);
+    assert!(dir_of(&running.id).join("output").exists());
+    c.stop_job(StopJobRequest {
+        job_id: running.id.clone(),
+        grace_period_ms: 100,
+    })
+    .await
+    .unwrap();
+    wait_final(&mut c, &running.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_finished_jobs_and_output_and_settles_stale_ones() {
     let mut h = harness().await;
     let mut c = h.client("root", "admin").await;

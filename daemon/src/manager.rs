@@ -1047,6 +1047,65 @@ impl Manager {
     pub fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
     }
+
+    /// Deletes finished jobs older than the configured retention, checking a tenth of it
+    /// apart (at least every second, at most every minute), until shutdown. Returns at once
+    /// when jobs are kept for ever.
+    pub async fn run_retention(self: Arc<Self>) {
+        let Some(keep) = self.cfg.retention() else {
+            return;
+        };
+        let period = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut closing = self.closing();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = closing.changed() => return,
+            }
+            let cutoff = now_ms() - keep.as_millis() as i64;
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.prune_ended_before(cutoff)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(jobs = n, "deleted finished jobs past retention"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "deleting finished jobs"),
+                Err(e) => tracing::warn!(error = %e, "the retention task failed"),
+            }
+        }
+    }
+
+    /// Deletes every finished job that ended before `cutoff_ms`: its files first, then its
+    /// record, so that a crash in between leaves a record the next pass deletes, never files
+    /// nobody knows about. Returns how many went.
+    pub fn prune_ended_before(&self, cutoff_ms: i64) -> Result<usize, ManagerError> {
+        let mut deleted = 0;
+        loop {
+            let ids = self.db.ended_before(cutoff_ms, 256)?;
+            if ids.is_empty() {
+                return Ok(deleted);
+            }
+            for id in ids {
+                // Ids are jobd's own UUIDs; anything else is not a directory name to follow.
+                if crate::validate::job_id(&id).is_ok_and(|canonical| canonical == id) {
+                    self.remove_job_dir(&id)?;
+                }
+                self.db.delete_finished(&id)?;
+                deleted += 1;
+            }
+        }
+    }
+
+    fn remove_job_dir(&self, id: &str) -> Result<(), ManagerError> {
+        let dir = self.job_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ManagerError::Io {
+                op: "delete the files of a finished job",
+                path: dir,
+                source,
+            }),
+        }
+    }
 }
 
 /// Creates `path` as a directory (and parents).

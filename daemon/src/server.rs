@@ -230,6 +230,7 @@ pub async fn start(cfg: Config, exec: Arc<dyn Executor>) -> Result<Running, Serv
         .max_encoding_message_size(cfg.max_message_bytes);
     let incoming = tls::incoming(listener, tls_config);
     let serve = tokio::spawn(serve_http2(incoming, grpc, rx));
+    tokio::spawn(manager.clone().run_retention());
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "jobd listening");
     Ok(Running {
         addr,
