@@ -683,8 +683,11 @@ impl Cgroup {
         if signal == Signal::SIGKILL && self.version == Version::V2 {
             let kill_file = self.dir("").join("cgroup.kill");
             if kill_file.exists() {
-                return fs::write(&kill_file, "1")
-                    .map_err(|e| self.io_error("write", &kill_file, e));
+                return match fs::write(&kill_file, "1") {
+                    // Removed meanwhile (systemd drops an emptied scope): nobody to kill.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other.map_err(|e| self.io_error("write", &kill_file, e)),
+                };
             }
         }
         let freeze = signal == Signal::SIGKILL;
@@ -730,10 +733,10 @@ impl Cgroup {
         let Some((systemd, unit)) = self.systemd()? else {
             return Ok(());
         };
-        systemd.remove().map_err(|e| CgroupError::Systemd {
-            unit: unit.clone(),
-            message: format!("stop: {e}"),
-        })?;
+        // An emptied scope stops by itself, and systemd can unload it between libcgroups'
+        // check that the unit exists and its StopUnit, which then fails: a failed stop is
+        // fine when the scope's cgroup goes away all the same.
+        let stopped = systemd.remove();
         let dir = self.dir("");
         let start = Instant::now();
         let mut pause = Duration::from_micros(500);
@@ -741,7 +744,17 @@ impl Cgroup {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
-        self.remove_dir(&dir)
+        match stopped {
+            Ok(()) => self.remove_dir(&dir),
+            Err(e) if !dir.exists() => {
+                tracing::debug!(%unit, error = %e, "the scope went away by itself");
+                Ok(())
+            }
+            Err(e) => Err(CgroupError::Systemd {
+                unit,
+                message: format!("stop: {e}"),
+            }),
+        }
     }
 
     /// rmdir, retried while the kernel still counts exiting tasks (EBUSY).

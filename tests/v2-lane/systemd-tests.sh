@@ -75,7 +75,8 @@ EOJ
 st_pid() { $RT --root $RTROOT state "$1" 2>/dev/null | tr -d '\n' | sed -n 's/.*"pid": *\([0-9][0-9]*\).*/\1/p'; }
 st_status() { $RT --root $RTROOT state "$1" 2>/dev/null | tr -d '\n' | sed -n 's/.*"status": *"\([a-z]*\)".*/\1/p'; }
 wait_status() { i=0; while [ $i -lt ${3:-100} ]; do [ "$(st_status $1)" = "$2" ] && return 0; sleep 0.1; i=$((i+1)); done; return 1; }
-down() { rt delete --force "$1" >/dev/null 2>&1; }
+# down ID: delete --force; what it said stays in /tmp/ID.down for sd_nothing_left
+down() { rt delete --force "$1" >/tmp/"$1".down 2>&1; }
 # wait_file FILE: until FILE has content (the job wrote its report), up to 10 s
 wait_file() { i=0; while [ $i -lt 100 ]; do [ -s "$1" ] && return 0; sleep 0.1; i=$((i+1)); done; return 1; }
 
@@ -231,7 +232,9 @@ t_sd_nothing_left() {
   [ -z "$left" ] || no "units left: $left"
   procs=$(ps -eo comm 2>/dev/null | grep -E '^(sleep|dd|job-init)$' | tr '\n' ' ')
   [ -z "$procs" ] || no "processes left: $procs"
-  ls $RTROOT 2>/dev/null | grep -v '^@' | grep -q . && no "state dirs left: $(ls $RTROOT)"
+  for dir in $(ls $RTROOT 2>/dev/null | grep -v '^@'); do
+    no "state dir $dir left; its delete said: $(cat /tmp/$dir.down 2>/dev/null)"
+  done
   found=$(find $CG -name 'jobworker-*.scope' -o -name 'job-runtime-*.scope' -o -name 'jw-*.scope' | tr '\n' ' ')
   [ -z "$found" ] || no "cgroups left: $found"
   return 0
