@@ -644,7 +644,10 @@ impl Cgroup {
             let procs = dir.join("cgroup.procs");
             match fs::read_to_string(&procs) {
                 Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Gone, or removed between open and read (kernfs answers ENODEV): no processes.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENODEV) => {}
                 Err(e) => return Err(self.io_error("read", &procs, e)),
             }
         }
