@@ -31,6 +31,12 @@ async fn start(c: &mut JobServiceClient<Channel>, spec: JobSpec) -> Result<Job, 
         .map(|r| r.into_inner().job.expect("job"))
 }
 
+async fn get(c: &mut JobServiceClient<Channel>, id: &str) -> Result<Job, tonic::Status> {
+    c.get_job(GetJobRequest { job_id: id.into() })
+        .await
+        .map(|r| r.into_inner().job.expect("job"))
+}
+
 async fn wait_final(c: &mut JobServiceClient<Channel>, id: &str) -> Job {
     let mut s = c
         .watch_job(WatchJobRequest { job_id: id.into() })
@@ -109,15 +115,6 @@ async fn role_matrix_both_ways() {
         wait_final(&mut admin, &j.id).await;
     }
 
-    let get = |c: &mut JobServiceClient<Channel>, id: &str| {
-        let mut c = c.clone();
-        let id = id.to_string();
-        async move {
-            c.get_job(GetJobRequest { job_id: id })
-                .await
-                .map(|r| r.into_inner())
-        }
-    };
     // Get/Stream/Watch/Stats: admin any, user own only (others' are NOT_FOUND), viewer any.
     for id in [&a.id, &b.id, &r.id] {
         get(&mut admin, id).await.unwrap();
@@ -626,11 +623,6 @@ async fn retention_deletes_finished_jobs_and_keeps_running_ones() {
     wait_final(&mut c, &done.id).await;
     let dir_of = |id: &str| h.cfg.data_dir.join("jobs").join(id);
     assert!(dir_of(&done.id).join("output").exists());
-    let get = |c: &mut JobServiceClient<Channel>, id: &str| {
-        let mut c = c.clone();
-        let job_id = id.to_string();
-        async move { c.get_job(GetJobRequest { job_id }).await }
-    };
     // Record and files go within a few periods of the retention (1 s, checked every second).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -645,12 +637,7 @@ async fn retention_deletes_finished_jobs_and_keeps_running_ones() {
     }
     assert!(!dir_of(&done.id).exists(), "files of the deleted job left");
     // The running job, created before the deleted one, is untouched.
-    let r = get(&mut c, &running.id)
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let r = get(&mut c, &running.id).await.unwrap();
     assert_eq!(r.state, JobState::Running as i32);
     assert!(dir_of(&running.id).join("output").exists());
     c.stop_job(StopJobRequest {
@@ -685,28 +672,12 @@ async fn restart_keeps_finished_jobs_and_output_and_settles_stale_ones() {
         .unwrap();
     h.restart().await;
     let mut c = h.client("root", "admin").await;
-    let after = c
-        .get_job(GetJobRequest {
-            job_id: job.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let after = get(&mut c, &job.id).await.unwrap();
     assert_eq!(after, before);
     let out_after = output(&mut c, &job.id, 0).await.unwrap();
     assert_eq!(out_after, out_before);
     assert_eq!(cat(&out_after), b"a\0berr\n");
-    let s = c
-        .get_job(GetJobRequest {
-            job_id: stale.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let s = get(&mut c, &stale.id).await.unwrap();
     assert_eq!(s.state, JobState::Failed as i32);
     assert!(
         s.failure_reason.contains("jobd restarted"),
