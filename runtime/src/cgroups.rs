@@ -25,6 +25,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
 use crate::handshake::CgroupMount;
+use crate::v1_roots;
 
 /// Parent of every cgroup made for a relative or default `cgroupsPath`: never the caller's own
 /// cgroup, so a runtime started from a service does not nest containers under it.
@@ -97,6 +98,7 @@ pub fn warm_up() {
     if matches!(host_version(), Ok(Version::V1)) {
         let _ = v1_hierarchies();
         let _ = libcgroups::v1::util::list_subsystem_mount_points();
+        v1_roots::prepare();
     }
 }
 
@@ -362,6 +364,9 @@ impl Cgroup {
     /// Starts making libcgroups' manager on another thread, so its cost (a few hundred
     /// syscalls on v1) overlaps the rest of `create` instead of adding to it.
     pub fn prefetch_manager(&self) {
+        if self.applies_through_roots() {
+            return;
+        }
         let path = self.path.clone();
         let id = self.id.clone();
         let scope = self.scope.clone();
@@ -603,6 +608,15 @@ impl Cgroup {
             oom_score_adj: None,
             freezer_state: None,
         };
+        if self.applies_through_roots() {
+            match v1_roots::apply(&self.v1_mounts_and_dirs(), &opts) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "applying limits through the root manager failed; making one for the cgroup"
+                ),
+            }
+        }
         if let Some((systemd, unit)) = self.systemd()? {
             systemd.apply(&opts).map_err(|e| CgroupError::Systemd {
                 unit,
@@ -616,6 +630,24 @@ impl Cgroup {
                 message: e.to_string(),
             })?;
         self.apply_v2_no_swap(resources)
+    }
+
+    /// Whether limits go through the process's one v1 manager for the hierarchy roots
+    /// (see [`v1_roots`]) instead of a manager made for this cgroup.
+    fn applies_through_roots(&self) -> bool {
+        self.version == Version::V1 && self.scope.is_none() && v1_roots::prepared()
+    }
+
+    /// (mount point, this cgroup's directory) of every v1 hierarchy with controllers.
+    fn v1_mounts_and_dirs(&self) -> Vec<(PathBuf, PathBuf)> {
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        v1_hierarchies()
+            .into_iter()
+            .map(|(_, mount)| {
+                let dir = mount.join(rel);
+                (mount, dir)
+            })
+            .collect()
     }
 
     /// OCI `swap` is memory plus swap; equal to `limit` it means "no swap", which on v2 is
@@ -1013,5 +1045,93 @@ mod tests {
             assert_eq!(back.slice(), scope.slice(), "{raw}");
         }
         assert!(SystemdScope::from_cgroup_path(Path::new("/job-runtime/abc")).is_err());
+    }
+
+    /// Limits applied through the process's one root manager land in the container's cgroup
+    /// and nowhere else: not in the hierarchy roots, not as binds in this process's mount
+    /// namespace; and no manager is made for the cgroup itself.
+    #[test]
+    fn v1_limits_through_the_root_manager_land_in_the_containers_cgroup() {
+        if host_version().unwrap() != Version::V1 {
+            eprintln!("skipped: this host runs cgroup v2 (the root manager is v1 only)");
+            return;
+        }
+        warm_up();
+        assert!(v1_roots::prepared(), "warm_up made no root manager");
+        let path = PathBuf::from(format!("/job-runtime-test/v1roots-{}", std::process::id()));
+        let cg = Cgroup::open(&path, false, "v1roots").unwrap();
+        cg.ensure_new().unwrap();
+        let join = cg.create().unwrap();
+        let mountinfo_before = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root_memory = fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+        let resources: LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 50 * 1024 * 1024},
+            "pids": {"limit": 17},
+            "cpu": {"quota": 20000, "period": 100000}
+        }))
+        .unwrap();
+        let applied = cg.apply(&resources);
+        let read = |sub: &str, file: &str| {
+            fs::read_to_string(cg.dir(sub).join(file))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let seen = (
+            read("memory", "memory.limit_in_bytes"),
+            read("pids", "pids.max"),
+            read("cpu", "cpu.cfs_quota_us"),
+        );
+        let made_manager = cg.manager.get().is_some();
+        drop(join);
+        cg.destroy().unwrap();
+        for (_, mount) in v1_hierarchies() {
+            let _ = fs::remove_dir(mount.join("job-runtime-test"));
+        }
+        applied.unwrap();
+        assert_eq!(
+            seen,
+            ("52428800".into(), "17".into(), "20000".into()),
+            "limits in the container's cgroup"
+        );
+        assert!(
+            !made_manager,
+            "a manager was made for the cgroup: the root route was not taken"
+        );
+        assert_eq!(
+            fs::read_to_string("/proc/self/mountinfo").unwrap(),
+            mountinfo_before,
+            "the binds stayed behind in this process's mount namespace"
+        );
+        assert_eq!(
+            fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok(),
+            root_memory.ok(),
+            "the root memory cgroup changed"
+        );
+    }
+
+    /// A directory that cannot be bound stops the route before libcgroups writes anything.
+    #[test]
+    fn v1_roots_refuse_a_hierarchy_they_cannot_cover() {
+        if host_version().unwrap() != Version::V1 {
+            eprintln!("skipped: this host runs cgroup v2 (the root manager is v1 only)");
+            return;
+        }
+        warm_up();
+        let mut pairs = Cgroup::open(Path::new("/job-runtime-test/absent"), false, "absent")
+            .unwrap()
+            .v1_mounts_and_dirs();
+        assert!(!pairs.is_empty());
+        pairs.truncate(1);
+        let resources: LinuxResources =
+            serde_json::from_value(serde_json::json!({"pids": {"limit": 3}})).unwrap();
+        let opts = ControllerOpt {
+            resources: &resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        let err = v1_roots::apply(&pairs, &opts).unwrap_err().to_string();
+        assert!(err.contains("/job-runtime-test/absent"), "{err}");
     }
 }

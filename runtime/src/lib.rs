@@ -24,3 +24,4 @@ pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod tty;
+pub mod v1_roots;
