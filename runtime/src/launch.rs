@@ -138,14 +138,34 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
         Join::ByParent => (Vec::new(), None),
     };
     let parent_joins = matches!(join, Join::ByParent);
-    let pid = {
+    let child = ChildPlan {
+        become_root: plan.new_user,
+        cgroup_tasks: &tasks,
+        stdio: req.stdio,
+        sock,
+        keep: &keep,
+        exec: &exec,
+    };
+    // The child may still run on this stack, and read `child`, until it has exec'd: both
+    // live until the handshake is over (job-init answered, or the child was killed and
+    // reaped).
+    let (pid, _child_stack) = {
         let _pid_ns = match &plan.join_pid {
             Some(fd) => Some(PidNsGuard::enter(fd)?),
             None => None,
         };
-        match clone_child(plan.clone_flags, into_cgroup)? {
-            Forked::Child => child_main(plan.new_user, &tasks, req.stdio, sock, &keep, &exec),
-            Forked::Parent(pid) => pid,
+        match into_cgroup {
+            Some(dir) => match clone_child(plan.clone_flags, Some(dir))? {
+                Forked::Child => child_main(&child),
+                Forked::Parent(pid) => (pid, None),
+            },
+            None => {
+                let stack = ChildStack::new()?;
+                (
+                    spawn_sharing_memory(plan.clone_flags, &stack, &child)?,
+                    Some(stack),
+                )
+            }
         }
     };
     drop(join);
@@ -545,88 +565,201 @@ fn clone_child(flags: CloneFlags, cgroup: Option<RawFd>) -> Result<Forked, Launc
     }
 }
 
-/// The clone child before job-init: join its cgroup, wire up stdio, wait for the go byte,
-/// exec. Async-signal-safe only: no allocation, no locks, no Rust std I/O.
-fn child_main(
+/// What the clone child needs, made by the parent before the clone and left as it is until
+/// the child has exec'd or is gone.
+struct ChildPlan<'a> {
     become_root: bool,
-    cgroup_tasks: &[RawFd],
+    cgroup_tasks: &'a [RawFd],
     stdio: Option<[RawFd; 3]>,
     sock: RawFd,
-    keep: &[RawFd],
-    exec: &ExecImage,
-) -> ! {
+    keep: &'a [RawFd],
+    exec: &'a ExecImage,
+}
+
+/// The stack a child that shares our memory runs on until it execs: mapped here, with a
+/// guard page below it, and unmapped on drop.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    /// `child_main` and the few raw syscalls it makes need a few KiB.
+    const LEN: usize = 64 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> Result<ChildStack, LaunchError> {
+        let len = Self::LEN + Self::GUARD;
+        // SAFETY: an anonymous private mapping at an address the kernel chooses; the result
+        // is checked before use.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(LaunchError::Clone(format!(
+                "map the child's stack: {}",
+                errno_text(Errno::last())
+            )));
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping we own; an overflow then faults instead of
+        // running into other memory.
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(LaunchError::Clone(format!(
+                "guard the child's stack: {}",
+                errno_text(Errno::last())
+            )));
+        }
+        Ok(stack)
+    }
+
+    /// The initial stack pointer: the stack grows down from the mapping's end.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of our own mapping, which is how clone takes a stack.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; the child that used it has exec'd or is gone.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Starts the child into new namespaces sharing our memory until it execs (as posix_spawn
+/// does): no copy of the page tables at the clone, no copy-on-write fault afterwards in the
+/// child or in us, and nothing to tear down at its exec. Used when the child joins its
+/// cgroup by itself (v1) or systemd places it; `clone3(CLONE_INTO_CGROUP)` (v2) has no libc
+/// wrapper that takes a stack, so that one forks ([`clone_child`]).
+fn spawn_sharing_memory(
+    flags: CloneFlags,
+    stack: &ChildStack,
+    child: &ChildPlan,
+) -> Result<i32, LaunchError> {
+    extern "C" fn run(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `ChildPlan` passed below, which the parent keeps alive and
+        // unchanged until this child has exec'd or is gone.
+        child_main(unsafe { &*arg.cast::<ChildPlan>() })
+    }
+    let flags = flags.bits() | libc::CLONE_VM | libc::SIGCHLD;
+    // SAFETY: glibc's clone runs `run` on `stack` in the new process. The child shares our
+    // memory but not our file table, thread-local storage is only read by it through raw
+    // syscalls that never set errno, it takes no lock and allocates nothing, and it ends in
+    // execve or _exit; the kernel gives a CLONE_VM child no alternate signal stack.
+    let pid = unsafe {
+        libc::clone(
+            run,
+            stack.top(),
+            flags,
+            child as *const ChildPlan as *mut libc::c_void,
+        )
+    };
+    if pid == -1 {
+        return Err(LaunchError::Clone(errno_text(Errno::last())));
+    }
+    Ok(pid)
+}
+
+/// The clone child before job-init: join its cgroup, wire up stdio, wait for the go byte,
+/// exec. Async-signal-safe and errno-free: raw syscalls only, no allocation, no locks, no
+/// Rust std I/O, since it may share its memory and thread-local storage with the parent.
+fn child_main(child: &ChildPlan) -> ! {
+    use syscalls::{syscall2, syscall3, syscall5, Sysno};
+    let sock = child.sock;
     // Into our cgroup first, while our credentials are still the caller's.
-    for fd in cgroup_tasks {
-        // SAFETY: a raw write of a static byte to an fd the parent opened for us.
-        if unsafe { libc::write(*fd, c"0".as_ptr().cast(), 1) } != 1 {
-            fail(sock, PreExecStep::JoinCgroup);
+    for fd in child.cgroup_tasks {
+        // SAFETY: a write of a static byte to an fd the parent opened for us.
+        match unsafe { syscall3(Sysno::write, *fd as usize, c"0".as_ptr() as usize, 1) } {
+            Ok(1) => {}
+            r => fail(sock, PreExecStep::JoinCgroup, r),
         }
     }
-    if let Some(fds) = stdio {
+    if let Some(fds) = child.stdio {
         for (target, fd) in fds.iter().enumerate() {
-            let target = target as RawFd;
-            // SAFETY: dup2/fcntl on fds we were given; raw syscalls with integer arguments.
-            let ok = unsafe {
-                if *fd == target {
-                    libc::fcntl(target, libc::F_SETFD, 0) == 0
+            // SAFETY: dup2/fcntl on fds we were given, with integer arguments.
+            let r = unsafe {
+                if *fd == target as RawFd {
+                    syscall3(Sysno::fcntl, target, libc::F_SETFD as usize, 0)
                 } else {
-                    libc::dup2(*fd, target) == target
+                    syscall2(Sysno::dup2, *fd as usize, target)
                 }
             };
-            if !ok {
-                fail(sock, PreExecStep::Stdio);
+            if let Err(e) = r {
+                fail(sock, PreExecStep::Stdio, Err(e));
             }
         }
     }
     // Exec only once the parent has written our id maps: an exec while our uid is still
     // unmapped would leave job-init without capabilities in its user namespace.
     let mut go = [0u8; 1];
-    // SAFETY: a raw read into a stack buffer from our own fd.
-    if unsafe { libc::read(sock, go.as_mut_ptr().cast(), 1) } != 1 {
-        fail(sock, PreExecStep::WaitGo);
+    // SAFETY: a read into a stack buffer of ours from our own fd.
+    match unsafe { syscall3(Sysno::read, sock as usize, go.as_mut_ptr() as usize, 1) } {
+        Ok(1) => {}
+        r => fail(sock, PreExecStep::WaitGo, r),
     }
     // Our kernel ids are still the caller's, which the new map does not cover; becoming id 0
-    // of the namespace makes the exec below keep full capabilities inside it.
-    // Raw syscalls, not glibc's wrappers: in a process glibc believes multi-threaded (jobd,
-    // or create's prefetch thread) the wrappers signal every other thread and wait for
-    // them, and in this single-threaded copy those threads do not exist: a hang.
-    // SAFETY: raw syscalls with integer arguments.
-    if become_root
-        && unsafe {
-            libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
-                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+    // of the namespace makes the exec below keep full capabilities inside it. Raw syscalls,
+    // not glibc's wrappers: in a process glibc believes multi-threaded the wrappers signal
+    // every other thread and wait for them, which in this child is a hang.
+    if child.become_root {
+        // SAFETY: setresgid/setresuid with integer arguments.
+        let r = unsafe {
+            syscall3(Sysno::setresgid, 0, 0, 0).and_then(|_| syscall3(Sysno::setresuid, 0, 0, 0))
+        };
+        if let Err(e) = r {
+            fail(sock, PreExecStep::BecomeRoot, Err(e));
         }
-    {
-        fail(sock, PreExecStep::BecomeRoot);
     }
-    for &fd in keep {
+    for &fd in child.keep {
         // SAFETY: clears close-on-exec on our own fds so job-init inherits them.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
-            fail(sock, PreExecStep::KeepSocket);
+        if let Err(e) = unsafe { syscall3(Sysno::fcntl, fd as usize, libc::F_SETFD as usize, 0) } {
+            fail(sock, PreExecStep::KeepSocket, Err(e));
         }
     }
+    let exec = child.exec;
     // SAFETY: all pointers come from `exec`, which outlives this call and holds
     // NUL-terminated strings and NULL-terminated pointer arrays.
-    unsafe {
-        libc::execveat(
-            exec.binary.as_raw_fd(),
-            c"".as_ptr(),
-            exec.argv_ptrs.as_ptr() as *const *mut libc::c_char,
-            exec.envp_ptrs.as_ptr() as *const *mut libc::c_char,
-            libc::AT_EMPTY_PATH,
+    let r = unsafe {
+        syscall5(
+            Sysno::execveat,
+            exec.binary.as_raw_fd() as usize,
+            c"".as_ptr() as usize,
+            exec.argv_ptrs.as_ptr() as usize,
+            exec.envp_ptrs.as_ptr() as usize,
+            libc::AT_EMPTY_PATH as usize,
         )
     };
-    fail(sock, PreExecStep::Exec)
+    fail(sock, PreExecStep::Exec, r)
 }
 
-/// Reports errno for `step` to the parent and exits; async-signal-safe.
-fn fail(sock: RawFd, step: PreExecStep) -> ! {
-    // SAFETY: reads this thread's errno location.
-    let errno = unsafe { *libc::__errno_location() };
+/// Reports what `step` returned to the parent and exits; async-signal-safe, errno-free.
+fn fail(sock: RawFd, step: PreExecStep, result: Result<usize, syscalls::Errno>) -> ! {
+    use syscalls::{syscall1, syscall3, Sysno};
+    // A short write or read (Ok) reports as EIO.
+    let errno = match result {
+        Err(e) => e.into_raw(),
+        Ok(_) => libc::EIO,
+    };
     let frame = raw_errno_frame(step, errno);
-    // SAFETY: writes a stack buffer to our fd, then exits without running any Rust code.
+    // SAFETY: writes a stack buffer to our fd, then ends this process (alone in its thread
+    // group) without running any Rust code; exit_group does not return.
     unsafe {
-        libc::write(sock, frame.as_ptr().cast(), frame.len());
-        libc::_exit(1)
+        let _ = syscall3(
+            Sysno::write,
+            sock as usize,
+            frame.as_ptr() as usize,
+            frame.len(),
+        );
+        loop {
+            let _ = syscall1(Sysno::exit_group, 1);
+        }
     }
 }
