@@ -1,6 +1,7 @@
 //! The OCI lifecycle on top of the other modules: create, start, state, kill, delete, pause,
 //! resume, ps, list. This is the library API that `job-runtime` and jobd both use.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
@@ -136,6 +137,9 @@ pub struct ExecOptions {
 pub struct Container {
     dir: PathBuf,
     state: State,
+    /// The spec as created, when this process created the container: `start` right after
+    /// `create` (jobd, `run`) then neither reads nor parses the frozen copy again.
+    spec: Option<oci_spec::runtime::Spec>,
 }
 
 /// Removes what a failed `create` made, unless disarmed.
@@ -299,7 +303,11 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
     }
     guard.armed = false;
     drop(guard);
-    Ok(Container { dir, state })
+    Ok(Container {
+        dir,
+        state,
+        spec: Some(loaded.spec),
+    })
 }
 
 impl Container {
@@ -308,7 +316,11 @@ impl Container {
         spec::validate_id(id)?;
         let dir = root.join(id);
         let state = State::load(&dir, id)?;
-        let mut c = Container { dir, state };
+        let mut c = Container {
+            dir,
+            state,
+            spec: None,
+        };
         c.refresh();
         Ok(c)
     }
@@ -395,10 +407,13 @@ impl Container {
     }
 
     /// The spec as it was at `create`.
-    fn frozen_spec(&self) -> Result<oci_spec::runtime::Spec, ContainerError> {
+    fn frozen_spec(&self) -> Result<Cow<'_, oci_spec::runtime::Spec>, ContainerError> {
+        if let Some(spec) = &self.spec {
+            return Ok(Cow::Borrowed(spec));
+        }
         let path = self.dir.join(CONFIG_FILE);
         let text = fs::read(&path).map_err(io_err("read", &path))?;
-        serde_json::from_slice(&text).map_err(|e| {
+        serde_json::from_slice(&text).map(Cow::Owned).map_err(|e| {
             SpecError::Parse {
                 path: path.clone(),
                 message: e.to_string(),
@@ -492,7 +507,7 @@ impl Container {
     /// The container's frozen spec turned into an exec: the new process, every namespace
     /// joined through the init's `/proc/PID/ns`, and nothing that sets the container up again.
     fn exec_spec(&self, opts: &ExecOptions) -> Result<oci_spec::runtime::Spec, ContainerError> {
-        let mut spec = self.frozen_spec()?;
+        let mut spec = self.frozen_spec()?.into_owned();
         let process = match &opts.process {
             Some(p) => p.clone(),
             None => {
