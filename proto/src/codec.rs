@@ -11,9 +11,9 @@
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// The encoder's initial buffer: one `OutputChunk` of up to 16 KiB of data (jobd's chunk
+/// The encoder's initial buffer: one `OutputChunk` of up to 8 KiB of data (jobd's chunk
 /// size), its other fields and the 5-byte gRPC message header, with room to spare.
-pub const ENCODE_BUFFER_BYTES: usize = 16 * 1024 + 128;
+pub const ENCODE_BUFFER_BYTES: usize = 8 * 1024 + 128;
 
 /// prost's codec with [`ENCODE_BUFFER_BYTES`] buffers and a frame per message.
 #[derive(Debug, Clone)]
