@@ -1047,16 +1047,25 @@ mod tests {
         assert!(SystemdScope::from_cgroup_path(Path::new("/job-runtime/abc")).is_err());
     }
 
+    /// Warms the process up as the shim server does; false (test skipped) on a v2 host, where
+    /// the root manager does not exist.
+    fn v1_host_warmed_up() -> bool {
+        if host_version().unwrap() != Version::V1 {
+            eprintln!("skipped: this host runs cgroup v2 (the root manager is v1 only)");
+            return false;
+        }
+        warm_up();
+        true
+    }
+
     /// Limits applied through the process's one root manager land in the container's cgroup
     /// and nowhere else: not in the hierarchy roots, not as binds in this process's mount
     /// namespace; and no manager is made for the cgroup itself.
     #[test]
     fn v1_limits_through_the_root_manager_land_in_the_containers_cgroup() {
-        if host_version().unwrap() != Version::V1 {
-            eprintln!("skipped: this host runs cgroup v2 (the root manager is v1 only)");
+        if !v1_host_warmed_up() {
             return;
         }
-        warm_up();
         assert!(v1_roots::prepared(), "warm_up made no root manager");
         let path = PathBuf::from(format!("/job-runtime-test/v1roots-{}", std::process::id()));
         let cg = Cgroup::open(&path, false, "v1roots").unwrap();
@@ -1113,11 +1122,9 @@ mod tests {
     /// A directory that cannot be bound stops the route before libcgroups writes anything.
     #[test]
     fn v1_roots_refuse_a_hierarchy_they_cannot_cover() {
-        if host_version().unwrap() != Version::V1 {
-            eprintln!("skipped: this host runs cgroup v2 (the root manager is v1 only)");
+        if !v1_host_warmed_up() {
             return;
         }
-        warm_up();
         let mut pairs = Cgroup::open(Path::new("/job-runtime-test/absent"), false, "absent")
             .unwrap()
             .v1_mounts_and_dirs();
