@@ -155,7 +155,7 @@ pub fn launch(req: &LaunchRequest) -> Result<i32, LaunchError> {
             None => None,
         };
         match into_cgroup {
-            Some(dir) => match clone_child(plan.clone_flags, Some(dir))? {
+            Some(dir) => match clone_into_cgroup(plan.clone_flags, dir)? {
                 Forked::Child => child_main(&child),
                 Forked::Parent(pid) => (pid, None),
             },
@@ -513,7 +513,7 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Which side of [`clone_child`] we are on.
+/// Which side of [`clone_into_cgroup`] we are on.
 enum Forked {
     /// The new process: it may only make raw syscalls until it execs or exits.
     Child,
@@ -522,42 +522,26 @@ enum Forked {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Forks a child into new namespaces with fork semantics: the child continues on a copy of
-/// our stack. With `cgroup` (a v2 directory fd) it starts inside that cgroup.
-fn clone_child(flags: CloneFlags, cgroup: Option<RawFd>) -> Result<Forked, LaunchError> {
-    let mut args = CloneArgs {
-        flags: flags.bits() as u64,
+/// Forks a child into new namespaces with fork semantics, starting inside the v2 cgroup whose
+/// directory is `cgroup`: the child continues on a copy of our stack.
+fn clone_into_cgroup(flags: CloneFlags, cgroup: RawFd) -> Result<Forked, LaunchError> {
+    let args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup as u64,
         ..Default::default()
     };
-    if let Some(fd) = cgroup {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = fd as u64;
-    }
     // SAFETY: clone3 with no stack behaves like fork: the child gets a copy of our address
     // space and returns 0 here. The caller then runs `child_main`, which only issues raw
     // syscalls and ends in execve or _exit, so no lock or allocator state of other threads
     // is touched.
-    let mut ret = unsafe {
+    let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
             &args as *const CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    if ret == -1 && Errno::last() == Errno::ENOSYS && cgroup.is_none() {
-        // SAFETY: as above, with the older clone(2) and a null stack (fork semantics).
-        ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            )
-        };
-    }
     match ret {
         -1 => Err(LaunchError::Clone(errno_text(Errno::last()))),
         0 => Ok(Forked::Child),
@@ -638,7 +622,7 @@ impl Drop for ChildStack {
 /// does): no copy of the page tables at the clone, no copy-on-write fault afterwards in the
 /// child or in us, and nothing to tear down at its exec. Used when the child joins its
 /// cgroup by itself (v1) or systemd places it; `clone3(CLONE_INTO_CGROUP)` (v2) has no libc
-/// wrapper that takes a stack, so that one forks ([`clone_child`]).
+/// wrapper that takes a stack, so that one forks ([`clone_into_cgroup`]).
 fn spawn_sharing_memory(
     flags: CloneFlags,
     stack: &ChildStack,
