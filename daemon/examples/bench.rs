@@ -573,8 +573,8 @@ async fn fan_out(
     for round in 1..=args.fanout_rounds.max(1) {
         let alone = lone_write(c, args.fanout_bytes).await?;
         let crowd = crowded_write(args, c, &clients, pid, pool).await?;
-        let self_ratio = crowd.self_us as f64 / alone.self_us.max(1) as f64;
-        let shim_ratio = crowd.shim_ms as f64 / alone.shim_ms.max(1) as f64;
+        let self_ratio = crowd.time.self_us as f64 / alone.self_us.max(1) as f64;
+        let shim_ratio = crowd.time.shim_ms as f64 / alone.shim_ms.max(1) as f64;
         println!(
             "fan-out round {round}: {} clients (streams over {} TLS connections, clients at nice {}) x {} bytes: \
              {}/{} complete in {:.1} s; jobd peak RSS {} KiB",
@@ -591,9 +591,9 @@ async fn fan_out(
             "  the job alone vs with the clients: writing as it measured it {:.0} vs {:.0} ms \
              (ratio {self_ratio:.2}); start to end as its shim saw it {} vs {} ms (ratio {shim_ratio:.2})",
             alone.self_us as f64 / 1000.0,
-            crowd.self_us as f64 / 1000.0,
+            crowd.time.self_us as f64 / 1000.0,
             alone.shim_ms,
-            crowd.shim_ms,
+            crowd.time.shim_ms,
         );
         self_ratios.push(self_ratio);
         shim_ratios.push(shim_ratio);
@@ -637,9 +637,9 @@ async fn lone_write(c: &mut JobServiceClient<Channel>, bytes: u64) -> Result<Wri
     })
 }
 
+/// The fan-out job with every client: its times, and what the clients and jobd went through.
 struct Crowd {
-    self_us: u64,
-    shim_ms: i64,
+    time: WriteTime,
     complete: u32,
     elapsed: Duration,
     peak_rss_kib: u64,
@@ -687,8 +687,10 @@ async fn crowded_write(
     let _ = sampler.join();
     let rec = wait_end(c, &job.id).await?;
     Ok(Crowd {
-        self_us: self_us.context("no stream carried the writer's timing")?,
-        shim_ms: (rec.ended_at_ms - rec.started_at_ms - 1000).max(1),
+        time: WriteTime {
+            self_us: self_us.context("no stream carried the writer's timing")?,
+            shim_ms: (rec.ended_at_ms - rec.started_at_ms - 1000).max(1),
+        },
         complete,
         elapsed,
         peak_rss_kib: peak.load(std::sync::atomic::Ordering::Relaxed),
