@@ -66,6 +66,16 @@ struct Args {
     /// for the run (see `FreshFs`).
     #[arg(long)]
     data_on_host_fs: bool,
+    /// jobd's `nice` setting for the run (its configured default when not given).
+    #[arg(long, allow_hyphen_values = true)]
+    jobd_nice: Option<i32>,
+    /// CPU-bound jobs kept running while GetJob and ListJobs latencies are measured
+    /// (0 skips that part). The default fills every CPU.
+    #[arg(long)]
+    load_jobs: Option<usize>,
+    /// GetJob calls measured under load, 10 ms apart.
+    #[arg(long, default_value_t = 300)]
+    load_calls: usize,
 }
 
 const PYTHON_IMPORTS: &str = "import json, ssl, hashlib, subprocess, argparse; print(1)";
@@ -180,6 +190,14 @@ impl FreshFs {
             .args(["-o", "loop"])
             .arg(&img)
             .arg(&mnt))?;
+        // Direct IO to the image: the data is cached once, in the filesystem on it, as it
+        // would be on a disk (buffered, every byte would also fill the image file's cache).
+        let dev = Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(&mnt)
+            .output()?;
+        let dev = String::from_utf8_lossy(&dev.stdout).trim().to_string();
+        run(Command::new("losetup").args(["--direct-io=on", &dev]))?;
         Ok(FreshFs { mnt })
     }
 }
@@ -190,7 +208,7 @@ impl Drop for FreshFs {
     }
 }
 
-fn spawn(jobd: &Path, base: &Path, run_parent: &Path) -> Result<Jobd> {
+fn spawn(jobd: &Path, base: &Path, run_parent: &Path, nice: Option<i32>) -> Result<Jobd> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(base)?;
     std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711))?;
@@ -207,9 +225,10 @@ fn spawn(jobd: &Path, base: &Path, run_parent: &Path) -> Result<Jobd> {
     std::fs::write(
         &cfg,
         format!(
-            "client_identity_dir = \"{}\"\nrootfs = \"{}\"\n[max_limits]\npids = 32768\n[default_limits]\nmemory_bytes = 67108864\npids = 64\n",
+            "client_identity_dir = \"{}\"\nrootfs = \"{}\"\n{}[max_limits]\npids = 32768\n[default_limits]\nmemory_bytes = 67108864\npids = 64\n",
             dir.path().join("client").display(),
-            base.join("rootfs").display()
+            base.join("rootfs").display(),
+            nice.map_or(String::new(), |n| format!("nice = {n}\n")),
         ),
     )?;
     let mut cmd = Command::new(jobd);
@@ -303,7 +322,9 @@ async fn start(c: &mut JobServiceClient<Channel>, spec: JobSpec) -> Result<Job> 
     Ok(job)
 }
 
-/// Streams a job's whole output: its length, the time to the first chunk, and its last bytes.
+/// Streams a job's whole output: its length, the time to the first chunk, and its stderr
+/// (the last 4 KiB of it). The job's two pipes are read by its shim as they fill, so stderr
+/// need not come after the stdout the job wrote before it.
 async fn drain(
     c: &mut JobServiceClient<Channel>,
     id: &str,
@@ -319,16 +340,18 @@ async fn drain(
         .into_inner();
     let mut n = 0;
     let mut first = None;
-    let mut tail = Vec::new();
+    let mut stderr = Vec::new();
     while let Some(ch) = s.message().await? {
         if first.is_none() {
             first = Some(t.elapsed());
         }
         n += ch.data.len() as u64;
-        tail.extend_from_slice(&ch.data[ch.data.len().saturating_sub(64)..]);
-        tail.drain(..tail.len().saturating_sub(64));
+        if ch.stream == OutputStream::Stderr as i32 {
+            stderr.extend_from_slice(&ch.data);
+            stderr.drain(..stderr.len().saturating_sub(4096));
+        }
     }
-    Ok((n, first, tail))
+    Ok((n, first, stderr))
 }
 
 /// The host's busy and stolen CPU time so far, in clock ticks (/proc/stat's `cpu` line): a
@@ -366,7 +389,7 @@ fn ticks_per_s() -> f64 {
 
 /// The fan-out job: after `delay` s, writes `bytes` zero bytes to stdout and then, on stderr,
 /// how long the writing took as the job itself measured it (`took N us`).
-fn fanout_writer(bytes: u64, delay: u32) -> JobSpec {
+fn fanout_writer(bytes: u64, delay: i64) -> JobSpec {
     let py = format!(
         "import sys,time\nb=bytes(100000);o=sys.stdout.buffer;t=time.monotonic()\n\
          for _ in range({}): o.write(b)\n\
@@ -386,9 +409,9 @@ fn fanout_writer(bytes: u64, delay: u32) -> JobSpec {
     }
 }
 
-/// The writer's own measurement from the end of a stream: `(payload bytes, µs)`.
-fn self_timed(n: u64, tail: &[u8]) -> Option<(u64, u64)> {
-    let text = String::from_utf8_lossy(tail);
+/// The writer's own measurement from its stream's length and stderr: `(payload bytes, µs)`.
+fn self_timed(n: u64, stderr: &[u8]) -> Option<(u64, u64)> {
+    let text = String::from_utf8_lossy(stderr);
     let line = text.rsplit_once("\ntook ")?.1;
     let us = line.strip_suffix(" us\n")?.parse().ok()?;
     Some((n - ("\ntook ".len() + line.len()) as u64, us))
@@ -457,7 +480,7 @@ async fn run(args: Args, fanout_pool: tokio::runtime::Handle) -> Result<()> {
     // build's rootfs-builder first (a no-op when nothing changed), so the run measures the
     // default rootfs jobd would build today.
     daemon::rootfs::build_default_rootfs(&args.dir.join("rootfs"))?;
-    let jobd = spawn(&args.jobd, &args.dir, &run_parent)?;
+    let jobd = spawn(&args.jobd, &args.dir, &run_parent, args.jobd_nice)?;
     let pid = jobd.child.id();
     let mut c = connect(&jobd.target()).await?;
     let jobs_dir = jobd.dir.path().join("data/jobs");
@@ -544,8 +567,14 @@ async fn run(args: Args, fanout_pool: tokio::runtime::Handle) -> Result<()> {
         "after: {} µs to create a file in the data directory",
         fs_create_cost(&jobs_dir)?.1
     );
+    let load_jobs = args
+        .load_jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+    if load_jobs > 0 {
+        api_under_load(&mut c, load_jobs, args.load_calls).await?;
+    }
     if args.fanout_clients > 0 {
-        fan_out(&args, &jobd.target(), &mut c, pid, &fanout_pool).await?;
+        fan_out(&args, &jobd.target(), &mut c, pid, &fanout_pool, &jobs_dir).await?;
     }
     if args.running_jobs > 0 {
         many_running(&args, &mut c, pid).await?;
@@ -561,6 +590,7 @@ async fn fan_out(
     c: &mut JobServiceClient<Channel>,
     pid: u32,
     pool: &tokio::runtime::Handle,
+    jobs_dir: &Path,
 ) -> Result<()> {
     // The clients' channels live on the pool's (niced) threads: a channel's connection task
     // runs on the runtime that connected it.
@@ -571,8 +601,19 @@ async fn fan_out(
     }
     let (mut self_ratios, mut shim_ratios, mut peak_rss) = (Vec::new(), Vec::new(), 0);
     for round in 1..=args.fanout_rounds.max(1) {
-        let alone = lone_write(c, args.fanout_bytes).await?;
-        let crowd = crowded_write(args, c, &clients, pid, pool).await?;
+        // The lone write is cheap: take the median of five, so the ratio's noise is the
+        // crowded write's alone.
+        let mut lone = Vec::new();
+        for _ in 0..5 {
+            lone.push(lone_write(c, args.fanout_bytes, jobs_dir).await?);
+        }
+        lone.sort_by_key(|w| w.self_us);
+        let lone_ms: Vec<String> = lone
+            .iter()
+            .map(|w| format!("{:.0}", w.self_us as f64 / 1000.0))
+            .collect();
+        let alone = lone.swap_remove(2);
+        let crowd = crowded_write(args, c, &clients, pid, pool, jobs_dir).await?;
         let self_ratio = crowd.time.self_us as f64 / alone.self_us.max(1) as f64;
         let shim_ratio = crowd.time.shim_ms as f64 / alone.shim_ms.max(1) as f64;
         println!(
@@ -588,8 +629,10 @@ async fn fan_out(
             crowd.peak_rss_kib,
         );
         println!(
-            "  the job alone vs with the clients: writing as it measured it {:.0} vs {:.0} ms \
-             (ratio {self_ratio:.2}); start to end as its shim saw it {} vs {} ms (ratio {shim_ratio:.2})",
+            "  the job alone (median of {} ms) vs with the clients: writing as it measured it \
+             {:.0} vs {:.0} ms (ratio {self_ratio:.2}); start to end as its shim saw it {} vs {} ms \
+             (ratio {shim_ratio:.2})",
+            lone_ms.join(", "),
             alone.self_us as f64 / 1000.0,
             crowd.time.self_us as f64 / 1000.0,
             alone.shim_ms,
@@ -614,26 +657,61 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// Puts the host in the same state before every timed write: nothing dirty, and the earlier
+/// jobs' output out of the page cache. Each fan-out job leaves 100 MB in the data filesystem
+/// (a loop-mounted image: twice over in the cache). Without the sync, the flusher threads
+/// write an earlier job's output back while a later one is timed. Without the eviction, the
+/// cache grows into memory the VM never touched, and here that made writes 3-8x slower once
+/// about a gigabyte was cached (30 ms, then 200-280 ms, for 100 MB written by a shell
+/// pipeline; back to 30 ms after dropping the cache).
+fn settle(jobs_dir: &Path) -> Result<()> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    for entry in std::fs::read_dir(jobs_dir)? {
+        let Ok(file) = std::fs::File::open(entry?.path().join("output")) else {
+            continue;
+        };
+        // Advice only: an error leaves the pages cached, which only makes the run noisier.
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
+    Ok(())
+}
+
 /// How long one fan-out job took: by its own clock, and from start to end by its shim's.
 struct WriteTime {
     self_us: u64,
     shim_ms: i64,
 }
 
+/// How long every fan-out job sleeps before it writes: the crowded one so that all its streams
+/// are open at its first byte, the lone ones so that they start writing from the same state
+/// (after a second's sleep, a 100 MB write took 20-30% longer here than straight away).
+const FANOUT_DELAY_MS: i64 = 1000;
+
 /// The fan-out job with a single stream reading it.
-async fn lone_write(c: &mut JobServiceClient<Channel>, bytes: u64) -> Result<WriteTime> {
-    let job = start(c, fanout_writer(bytes, 0)).await?;
+async fn lone_write(
+    c: &mut JobServiceClient<Channel>,
+    bytes: u64,
+    jobs_dir: &Path,
+) -> Result<WriteTime> {
+    settle(jobs_dir)?;
+    let job = start(c, fanout_writer(bytes, FANOUT_DELAY_MS / 1000)).await?;
     let (n, _, tail) = drain(c, &job.id).await?;
     let rec = wait_end(c, &job.id).await?;
     let Some((payload, self_us)) = self_timed(n, &tail) else {
-        bail!("the lone stream ended without the writer's timing: {tail:?}");
+        bail!("the lone stream ended without the writer's timing on stderr: {tail:?}");
     };
     if payload != bytes {
         bail!("lone stream got {payload} bytes, expected {bytes}");
     }
     Ok(WriteTime {
         self_us,
-        shim_ms: (rec.ended_at_ms - rec.started_at_ms).max(1),
+        shim_ms: (rec.ended_at_ms - rec.started_at_ms - FANOUT_DELAY_MS).max(1),
     })
 }
 
@@ -653,8 +731,10 @@ async fn crowded_write(
     clients: &[JobServiceClient<Channel>],
     pid: u32,
     pool: &tokio::runtime::Handle,
+    jobs_dir: &Path,
 ) -> Result<Crowd> {
-    let job = start(c, fanout_writer(args.fanout_bytes, 1)).await?;
+    settle(jobs_dir)?;
+    let job = start(c, fanout_writer(args.fanout_bytes, FANOUT_DELAY_MS / 1000)).await?;
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
@@ -689,12 +769,71 @@ async fn crowded_write(
     Ok(Crowd {
         time: WriteTime {
             self_us: self_us.context("no stream carried the writer's timing")?,
-            shim_ms: (rec.ended_at_ms - rec.started_at_ms - 1000).max(1),
+            shim_ms: (rec.ended_at_ms - rec.started_at_ms - FANOUT_DELAY_MS).max(1),
         },
         complete,
         elapsed,
         peak_rss_kib: peak.load(std::sync::atomic::Ordering::Relaxed),
     })
+}
+
+/// 3a. The API while jobs keep every CPU busy: GetJob and ListJobs latencies from a client
+/// that calls every 10 ms (as a person or a dashboard would), so each call wakes an idle jobd
+/// that must get a CPU from the jobs. This is what jobd's nice value costs its clients.
+async fn api_under_load(
+    c: &mut JobServiceClient<Channel>,
+    jobs: usize,
+    calls: usize,
+) -> Result<()> {
+    let mut burners = Vec::new();
+    for _ in 0..jobs {
+        let spec = JobSpec {
+            limits: Some(Limits {
+                cpu_millicores: 1000,
+                ..Default::default()
+            }),
+            ..sh("while :; do :; done")
+        };
+        burners.push(start(c, spec).await?.id);
+    }
+    // Let the burners reach their full share first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut get, mut list) = (Vec::with_capacity(calls), Vec::with_capacity(calls / 10));
+    for i in 0..calls {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let t = Instant::now();
+        if i % 10 == 9 {
+            c.list_jobs(ListJobsRequest {
+                page_size: 100,
+                ..Default::default()
+            })
+            .await?;
+            list.push(t.elapsed());
+        } else {
+            c.get_job(GetJobRequest {
+                job_id: burners[i % jobs].clone(),
+            })
+            .await?;
+            get.push(t.elapsed());
+        }
+    }
+    for id in burners {
+        c.stop_job(StopJobRequest {
+            job_id: id.clone(),
+            grace_period_ms: 100,
+        })
+        .await?;
+        wait_end(c, &id).await?;
+    }
+    println!(
+        "API with {jobs} CPU-bound jobs running: GetJob p50 {} p99 {} max {}; ListJobs p50 {} max {}",
+        ms(pct(&mut get, 0.5)),
+        ms(pct(&mut get, 0.99)),
+        ms(pct(&mut get, 1.0)),
+        ms(pct(&mut list, 0.5)),
+        ms(pct(&mut list, 1.0)),
+    );
+    Ok(())
 }
 
 /// 4. Many running jobs: start cost, daemon RSS, ListJobs latency.

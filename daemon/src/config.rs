@@ -117,8 +117,10 @@ pub struct Config {
     /// What to do with running jobs on shutdown.
     pub shutdown_policy: ShutdownPolicy,
     /// jobd's own nice value (-20..=19). The jobs and their shims run at 0 whatever it is, so
-    /// with the default 10 a job gets the CPU before jobd's work for clients (TLS, streaming):
-    /// a thousand followers do not slow the job they follow.
+    /// with the default 19 a job gets the CPU before jobd's work for clients (TLS, streaming):
+    /// a thousand followers do not slow the job they follow. The API stays prompt all the
+    /// same: a call wakes a jobd that was asleep, and the scheduler runs a waking task soon
+    /// whatever its weight (the bench's API-under-load part measures it).
     pub nice: i32,
     /// Finished jobs (record and output) are deleted this many seconds after they ended;
     /// 0 keeps them. Running and starting jobs are never deleted.
@@ -142,7 +144,7 @@ impl Default for Config {
             upload_cap_bytes: 16 << 20,
             max_message_bytes: 20 << 20,
             shutdown_policy: ShutdownPolicy::Stop,
-            nice: 10,
+            nice: 19,
             retention_secs: 0,
         }
     }
@@ -255,7 +257,7 @@ mod tests {
         assert_eq!(c.shutdown_policy, ShutdownPolicy::Leave);
         assert_eq!(c.default_limits.pids, 64);
         assert_eq!(c.default_limits.memory_bytes, 512 << 20);
-        assert_eq!(c.nice, 10);
+        assert_eq!(c.nice, 19);
         std::fs::write(&p, "bogus = 1\n").unwrap();
         assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
         std::fs::write(&p, "nice = 20\n").unwrap();

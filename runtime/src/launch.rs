@@ -11,7 +11,7 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use oci_spec::runtime::LinuxIdMapping;
+use oci_spec::runtime::{LinuxIdMapping, Spec};
 
 use crate::cgroups::{Cgroup, CgroupError, Join};
 use crate::handshake::{
@@ -96,6 +96,19 @@ pub fn default_init_path() -> Result<PathBuf, LaunchError> {
         return Err(LaunchError::NoInit { path });
     }
     Ok(path)
+}
+
+/// The spec as job-init gets it: without the seccomp profile once it is compiled (job-init
+/// installs the compiled filter and never reads the profile; the default one is 427 syscall
+/// names that it would otherwise parse on every start).
+fn spec_for_init(spec: &Spec, compiled: bool) -> Spec {
+    let mut sent = spec.clone();
+    if compiled {
+        if let Some(linux) = sent.linux_mut() {
+            linux.set_seccomp(None);
+        }
+    }
+    sent
 }
 
 /// Starts the container's init and returns its pid once it is set up and waiting for `start`.
@@ -215,7 +228,7 @@ fn parent_handshake(
         return Err(died_or(pid, channel, e));
     }
     let config = InitConfig {
-        spec: spec.clone(),
+        spec: spec_for_init(spec, seccomp.is_some()),
         rootfs: req.loaded.rootfs.clone(),
         preserve_fds: req.preserve_fds,
         new_userns: plan.enters_user(),
