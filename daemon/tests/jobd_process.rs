@@ -421,14 +421,14 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
             assert_eq!(t, "/dev/null", "shim fd {n:?}");
         }
     }
-    // jobd serves at its configured nice value (default 10) and every thread of it does; the
+    // jobd serves at its configured nice value (default 19) and every thread of it does; the
     // shim and the job run at 0, ahead of jobd's work for clients.
     let jobd_pid = jobd.child.id();
     for t in std::fs::read_dir(format!("/proc/{jobd_pid}/task"))
         .unwrap()
         .flatten()
     {
-        assert_eq!(nice_of(&t.path().join("stat")), 10, "jobd thread {t:?}");
+        assert_eq!(nice_of(&t.path().join("stat")), 19, "jobd thread {t:?}");
     }
     assert_eq!(nice_of(Path::new(&format!("/proc/{shim}/stat"))), 0);
     let niced = start(
