@@ -46,8 +46,6 @@ pub const INPUT_FD: RawFd = 5;
 pub const BINARY: &str = "jobd-shim";
 /// Overrides where jobd finds the shim (like `JOB_RUNTIME_INIT` for job-init).
 pub const PATH_ENV: &str = "JOBD_SHIM";
-/// The capacity of the job's stdout and stderr pipes: the default `/proc/sys/fs/pipe-max-size`.
-const PIPE_BYTES: libc::c_int = 1 << 20;
 /// How long the shim keeps draining the pipes after the init exited and the job was killed.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -902,8 +900,6 @@ fn run(args: impl IntoIterator<Item = OsString>, report: OwnedFd) -> Result<(), 
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create stdout pipe"))?;
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create stderr pipe"))?;
-        widen_pipe(&out_w);
-        widen_pipe(&err_w);
         Ok((sfd, writer, out_r, out_w, err_r, err_w))
     });
     let (sigchld, writer, out_r, out_w, err_r, err_w) = match prepared {
@@ -953,17 +949,6 @@ fn run(args: impl IntoIterator<Item = OsString>, report: OwnedFd) -> Result<(), 
     // Whatever was killed last may still be exiting: reap what has, the rest goes to init.
     reap(-1);
     Ok(())
-}
-
-/// Gives an output pipe [`PIPE_BYTES`] of buffer. A job that writes in bursts then runs ahead
-/// of the shim instead of handing the CPU back and forth every 64 KiB: a 100 MB write took
-/// 50-55 ms instead of 57-70, and other load on the host slowed it less. The pages are charged
-/// to the job's memory cgroup as it fills them. Best effort: a smaller pipe still works.
-fn widen_pipe(write_end: &OwnedFd) {
-    // SAFETY: fcntl(F_SETPIPE_SZ) on an open pipe fd with an integer argument.
-    if unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) } < 0 {
-        tracing::debug!(error = %Errno::last(), "widen an output pipe");
-    }
 }
 
 /// One poll-and-read round over the open pipes, until `deadline`.
