@@ -98,15 +98,13 @@ pub fn default_init_path() -> Result<PathBuf, LaunchError> {
     Ok(path)
 }
 
-/// The spec as job-init gets it: without the seccomp profile once it is compiled (job-init
-/// installs the compiled filter and never reads the profile; the default one is 427 syscall
-/// names that it would otherwise parse on every start).
-fn spec_for_init(spec: &Spec, compiled: bool) -> Spec {
+/// The spec as job-init gets it: without the seccomp profile, which [`launch`] compiles
+/// whenever there is one (job-init installs the compiled filter and never reads the profile;
+/// the default one is 427 syscall names that it would otherwise parse on every start).
+fn spec_for_init(spec: &Spec) -> Spec {
     let mut sent = spec.clone();
-    if compiled {
-        if let Some(linux) = sent.linux_mut() {
-            linux.set_seccomp(None);
-        }
+    if let Some(linux) = sent.linux_mut() {
+        linux.set_seccomp(None);
     }
     sent
 }
@@ -228,7 +226,7 @@ fn parent_handshake(
         return Err(died_or(pid, channel, e));
     }
     let config = InitConfig {
-        spec: spec_for_init(spec, seccomp.is_some()),
+        spec: spec_for_init(spec),
         rootfs: req.loaded.rootfs.clone(),
         preserve_fds: req.preserve_fds,
         new_userns: plan.enters_user(),
