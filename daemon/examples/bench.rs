@@ -176,6 +176,14 @@ impl FreshFs {
     fn new(base: &Path) -> Result<FreshFs> {
         let img = base.join("data.img");
         let mnt = base.join("mnt");
+        // A run that was killed (Ctrl-C) left its filesystem mounted here; mkfs would refuse.
+        if std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .any(|l| l.split(' ').nth(4) == mnt.to_str())
+        {
+            nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH)
+                .with_context(|| format!("detach {} left by an earlier run", mnt.display()))?;
+        }
         std::fs::File::create(&img)?.set_len(4 << 30)?;
         let run = |cmd: &mut Command| -> Result<()> {
             let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
@@ -242,11 +250,19 @@ fn spawn(jobd: &Path, base: &Path, run_parent: &Path, nice: Option<i32>) -> Resu
     .stdin(Stdio::null())
     .stdout(log.try_clone()?)
     .stderr(log);
-    // SAFETY: the closure runs in the forked child before exec and only makes one syscall.
+    // jobd leads a session of its own, as under systemd: with autogroup scheduling that is
+    // what lets its nice value yield to the jobs (see `daemon::priority`).
+    // Out of the benchmark's session a Ctrl-C no longer reaches it: it gets a SIGTERM (its
+    // orderly shutdown) when the thread that started it, this one, ends with the benchmark.
+    // SAFETY: the closure runs in the forked child before exec and only makes three syscalls
+    // with integer arguments.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
-            if libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0 {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0
+                || libc::setsid() < 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -443,6 +459,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // Before the runtime's threads exist: they inherit it.
     set_nice(args.client_nice)?;
+    let group = SessionGroup::own();
+    group.set(args.client_nice);
     let nice = args.fanout_client_nice;
     let fanout_clients = tokio::runtime::Builder::new_multi_thread()
         .thread_name("fan-out-client")
@@ -457,7 +475,48 @@ fn main() -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(args, pool))
+        .block_on(run(args, pool, group))
+}
+
+/// The benchmark's session's scheduling group (autogroup). Where the kernel groups by
+/// session, a thread's nice value orders it only within its session's group, and that group
+/// competes with each job's cgroup as an equal: the fan-out's clients at nice 19 would still
+/// take half of a contended CPU from the job they follow. So the benchmark leads a session
+/// of its own (when it is not a process group leader, as when a script or `daemon/bench.sh`
+/// runs it) and gives the group the clients' nice value for the fan-out part.
+struct SessionGroup {
+    leads: bool,
+}
+
+impl SessionGroup {
+    const FILE: &'static str = "/proc/self/autogroup";
+
+    fn own() -> SessionGroup {
+        // SAFETY: getsid, getpid and setsid take no pointers.
+        let leads = unsafe { libc::getsid(0) == libc::getpid() || libc::setsid() >= 0 };
+        let grouped = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+            .is_ok_and(|v| v.trim() == "1");
+        if grouped && !leads {
+            eprintln!(
+                "note: the benchmark shares its caller's session (it is a process group \
+                 leader), so the clients' nice values order them only within that session's \
+                 scheduling group, which competes with the jobs as an equal; run it from a \
+                 script or under setsid"
+            );
+        }
+        SessionGroup {
+            leads: leads && grouped,
+        }
+    }
+
+    /// Gives the session's group `nice` (nothing where it is not the benchmark's own).
+    fn set(&self, nice: i32) {
+        if self.leads {
+            if let Err(e) = std::fs::write(Self::FILE, nice.to_string()) {
+                eprintln!("set {} to {nice}: {e}", Self::FILE);
+            }
+        }
+    }
 }
 
 /// This thread's nice value (new threads and children inherit it).
@@ -469,7 +528,7 @@ fn set_nice(nice: i32) -> Result<()> {
     Ok(())
 }
 
-async fn run(args: Args, fanout_pool: tokio::runtime::Handle) -> Result<()> {
+async fn run(args: Args, fanout_pool: tokio::runtime::Handle, group: SessionGroup) -> Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let fresh = if args.data_on_host_fs {
         None
@@ -575,7 +634,10 @@ async fn run(args: Args, fanout_pool: tokio::runtime::Handle) -> Result<()> {
         api_under_load(&mut c, load_jobs, args.load_calls).await?;
     }
     if args.fanout_clients > 0 {
-        fan_out(&args, &jobd.target(), &mut c, pid, &fanout_pool, &jobs_dir).await?;
+        group.set(args.fanout_client_nice);
+        let done = fan_out(&args, &jobd.target(), &mut c, pid, &fanout_pool, &jobs_dir).await;
+        group.set(args.client_nice);
+        done?;
     }
     if args.running_jobs > 0 {
         many_running(&args, &mut c, pid).await?;

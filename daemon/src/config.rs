@@ -118,7 +118,9 @@ pub struct Config {
     pub shutdown_policy: ShutdownPolicy,
     /// jobd's own nice value (-20..=19). The jobs and their shims run at 0 whatever it is, so
     /// with the default 19 a job gets the CPU before jobd's work for clients (TLS, streaming):
-    /// a thousand followers do not slow the job they follow. The API stays prompt all the
+    /// a thousand followers do not slow the job they follow. Where the kernel groups threads
+    /// by session (autogroup), jobd also gives its session's group this value when it leads
+    /// the session, as under systemd ([`crate::priority`]). The API stays prompt all the
     /// same: a call wakes a jobd that was asleep, and the scheduler runs a waking task soon
     /// whatever its weight (the bench's API-under-load part measures it).
     pub nice: i32,

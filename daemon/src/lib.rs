@@ -1,7 +1,7 @@
 //! jobd: the mTLS gRPC job service.
 //!
 //! Modules, one concern each: [`config`], [`certs`], [`tls`], [`auth`], [`db`], [`output`],
-//! [`output_store`], [`shim`], [`shim_server`], [`layer`],
+//! [`output_store`], [`priority`], [`shim`], [`shim_server`], [`layer`],
 //! [`executor`], [`runner`], [`manager`], [`service`], and [`server`] which ties them together.
 
 pub mod auth;
@@ -15,6 +15,7 @@ pub mod layer;
 pub mod manager;
 pub mod output;
 pub mod output_store;
+pub mod priority;
 pub mod rootfs;
 pub mod runner;
 pub mod server;

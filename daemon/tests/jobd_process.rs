@@ -30,18 +30,24 @@ impl Drop for Jobd {
     }
 }
 
+/// jobd in the test's own session (as when started from a shell).
 fn spawn_jobd(dir: &Path, port: u16) -> Jobd {
-    spawn_jobd_with(dir, port, &[])
+    spawn(dir, port, &[], false)
 }
 
+/// jobd leading a session of its own, as systemd starts it.
 fn spawn_jobd_with(dir: &Path, port: u16, extra: &[&str]) -> Jobd {
+    spawn(dir, port, extra, true)
+}
+
+fn spawn(dir: &Path, port: u16, extra: &[&str], own_session: bool) -> Jobd {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
         .open(dir.join("jobd.log"))
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
-        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobd"));
+    cmd.args(["--data-dir", dir.join("data").to_str().unwrap()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
         .env("HOME", dir.join("home"))
@@ -49,9 +55,20 @@ fn spawn_jobd_with(dir: &Path, port: u16, extra: &[&str]) -> Jobd {
         .env("JOBD_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn jobd");
+        .stderr(log);
+    if own_session {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the forked child before exec and makes one syscall.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().expect("spawn jobd");
     Jobd {
         child,
         addr: format!("https://127.0.0.1:{port}"),
@@ -153,8 +170,14 @@ async fn jobd_zero_config_python_and_kill9_restart() {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let dir = tmp.path();
     let port = free_port();
+    let own_group = group_of(std::process::id() as i32);
     let mut jobd = spawn_jobd(dir, port);
     let mut c = connect(&jobd, dir).await;
+    // A jobd that does not lead its session leaves the session's group (ours) as it was.
+    if autogroup_enabled() {
+        assert_eq!(group_of(jobd.child.id() as i32), own_group);
+        assert_eq!(group_of(std::process::id() as i32), own_group);
+    }
 
     // python3 from the default rootfs runs an uploaded x.py in the job's working directory.
     let mut py = JobSpec {
@@ -290,6 +313,21 @@ fn parent_of(pid: i32) -> i32 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+fn autogroup_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+        .is_ok_and(|v| v.trim() == "1")
+        && Path::new("/proc/self/autogroup").exists()
+}
+
+/// A process's autogroup line, `/autogroup-N nice M`.
+fn group_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/autogroup")).unwrap_or_default()
+}
+
+fn group_nice(pid: i32) -> Option<i32> {
+    daemon::priority::group_nice(Path::new(&format!("/proc/{pid}/autogroup")))
 }
 
 /// Field 19 of a /proc stat file: the nice value.
@@ -431,6 +469,18 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
         assert_eq!(nice_of(&t.path().join("stat")), 19, "jobd thread {t:?}");
     }
     assert_eq!(nice_of(Path::new(&format!("/proc/{shim}/stat"))), 0);
+    // Where the kernel groups threads by session (autogroup), jobd leads its own session here
+    // (as under systemd), so its group takes the nice value too; each shim leads one of its
+    // own at 0. Otherwise jobd's clients would compete with the jobs as equals.
+    if autogroup_enabled() {
+        assert_eq!(
+            group_nice(jobd_pid as i32),
+            Some(19),
+            "jobd's session group"
+        );
+        assert_eq!(group_nice(shim), Some(0), "the shim's session group");
+        assert_ne!(group_of(shim), group_of(jobd_pid as i32));
+    }
     let niced = start(
         &mut c,
         sh("read -r s < /proc/self/stat; set -- $s; echo nice=${19}"),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use daemon::config::Config;
-use daemon::{certs, manager, rootfs, runner, server};
+use daemon::{certs, manager, priority, rootfs, runner, server};
 
 #[derive(Parser)]
 #[command(
@@ -180,10 +180,15 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // Before the runtime's threads exist, which inherit it (on Linux a nice value is per
     // thread). The shims put themselves and their jobs back at 0.
-    // SAFETY: setpriority with integer arguments; who = 0 is the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, cfg.nice) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("set jobd's nice value to {}", cfg.nice));
+    match priority::lower(cfg.nice)? {
+        priority::Group::Shared { sid } => tracing::warn!(
+            nice = cfg.nice,
+            session = sid,
+            "jobd shares its caller's session, whose scheduling group (autogroup) competes with \
+             each job's cgroup as an equal whatever jobd's nice value: start jobd as a session \
+             leader (systemd does; by hand, `setsid jobd`) so that jobs come before its clients"
+        ),
+        group => tracing::debug!(nice = cfg.nice, ?group, "jobd's priority"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
