@@ -718,6 +718,28 @@ pub(crate) mod tests {
             fs::read_link("/proc/self/ns/mnt").unwrap(),
             fs::read_link(shim.join("ns/mnt")).unwrap()
         );
+        // On v1 the shim applied the job's limits by covering the hierarchies in its own
+        // namespace for a moment (`runtime::v1_roots`): the limits are in the job's cgroup,
+        // and the shim sees the cgroup hierarchies exactly as jobd does, cover gone.
+        let cgroup_mounts = |info: &str| -> Vec<String> {
+            info.lines()
+                .filter_map(|l| {
+                    let at = l.split(' ').nth(4)?;
+                    let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
+                    at.starts_with("/sys/fs/cgroup")
+                        .then(|| format!("{at} {fstype}"))
+                })
+                .collect()
+        };
+        assert_eq!(cgroup_mounts(&theirs), cgroup_mounts(&ours));
+        let cg = runtime::cgroups::Cgroup::open(
+            Path::new(&format!("{CGROUP_PARENT}/{}", job.id)),
+            false,
+            &job.id,
+        )
+        .unwrap();
+        let pids_max = fs::read_to_string(cg.dir("pids").join("pids.max")).unwrap();
+        assert_eq!(pids_max.trim(), h.cfg.default_limits.pids.to_string());
         let stopped = stop(&mut c, &job.id, 200).await;
         assert_eq!(stopped.state, JobState::Stopped as i32, "{stopped:?}");
         assert_gone(&h, &job.id);

@@ -633,6 +633,9 @@ fn launch(launch: &Launch, out: &OwnedFd, err: &OwnedFd) -> Result<Started, Stri
                     LayerError::Input { .. } => e.to_string(),
                     e => format!("jobd-shim: build the job's filesystem: {e}"),
                 })?;
+            // This process is single-threaded and the namespace just made is its own: v1
+            // limits may be applied by briefly covering the hierarchies in it.
+            runtime::v1_roots::namespace_is_own();
             let devnull: OwnedFd = fs::File::open("/dev/null")
                 .map_err(|e| format!("open /dev/null: {e}"))?
                 .into();
