@@ -501,30 +501,34 @@ impl Cgroup {
         Ok(Join::V2Dir(OwnedFd::from(f)))
     }
 
-    /// A new v1 cpuset cgroup starts with no cpus or mems and refuses tasks: copy the parent's.
+    /// A new v1 cpuset cgroup starts with no cpus or mems and refuses tasks: it takes its
+    /// parent's, and a parent without any (the runtime's parent cgroup, made just before)
+    /// takes its own parent's first. The hierarchy's root always has both.
     fn inherit_cpuset(&self, dir: &Path) -> Result<(), CgroupError> {
-        let mut chain = Vec::new();
-        let mut d = dir.to_path_buf();
-        while d.join("cpuset.cpus").exists() {
-            chain.push(d.clone());
-            if !d.pop() {
-                break;
-            }
-        }
-        // From the top down, each level takes its parent's values where it has none.
-        for pair in chain.windows(2).rev() {
-            let (child, parent) = (&pair[0], &pair[1]);
-            for file in ["cpuset.cpus", "cpuset.mems"] {
-                let current = fs::read_to_string(child.join(file)).unwrap_or_default();
-                if current.trim().is_empty() {
-                    let value = fs::read_to_string(parent.join(file))
-                        .map_err(|e| self.io_error("read", &parent.join(file), e))?;
-                    fs::write(child.join(file), value.trim())
-                        .map_err(|e| self.io_error("write", &child.join(file), e))?;
-                }
-            }
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            self.cpuset_value(dir, file)?;
         }
         Ok(())
+    }
+
+    /// `dir/file`'s value, copied from the nearest ancestor that has one where it is empty.
+    fn cpuset_value(&self, dir: &Path, file: &str) -> Result<String, CgroupError> {
+        let path = dir.join(file);
+        let current = fs::read_to_string(&path).map_err(|e| self.io_error("read", &path, e))?;
+        let current = current.trim();
+        if !current.is_empty() {
+            return Ok(current.to_string());
+        }
+        let Some(parent) = dir.parent() else {
+            return Err(self.io_error(
+                "inherit",
+                &path,
+                std::io::Error::other("no ancestor has a value"),
+            ));
+        };
+        let value = self.cpuset_value(parent, file)?;
+        fs::write(&path, &value).map_err(|e| self.io_error("write", &path, e))?;
+        Ok(value)
     }
 
     /// Creates the v2 directory chain, enabling the root's controllers in every ancestor's
