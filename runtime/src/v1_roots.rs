@@ -132,14 +132,7 @@ fn apply_in_own_namespace(
     .map_err(sys("make private", Path::new("/")))?;
     for (mount_point, dir) in hierarchies {
         let want = identity(dir)?;
-        mount(
-            Some(dir.as_path()),
-            mount_point.as_path(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys("bind the container's cgroup over", mount_point))?;
+        bind_over(dir, mount_point)?;
         if identity(mount_point)? != want {
             return Err(RootsError::NotCovered {
                 mount_point: mount_point.clone(),
@@ -201,19 +194,25 @@ fn bind_and_apply(
             path: mount_point.clone(),
             source,
         })?;
-        let source = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        mount(
-            Some(source.as_path()),
-            mount_point.as_path(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys("bind the container's cgroup over", mount_point))?;
+        bind_over(
+            Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())),
+            mount_point,
+        )?;
     }
     manager
         .apply(opts)
         .map_err(|e| RootsError::Apply(e.to_string()))
+}
+
+fn bind_over(dir: &Path, mount_point: &Path) -> Result<(), RootsError> {
+    mount(
+        Some(dir),
+        mount_point,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys("bind the container's cgroup over", mount_point))
 }
 
 /// An `O_PATH` descriptor of a directory, enough to bind it.
