@@ -489,13 +489,10 @@ struct SessionGroup {
 }
 
 impl SessionGroup {
-    const FILE: &'static str = "/proc/self/autogroup";
-
     fn own() -> SessionGroup {
         // SAFETY: getsid, getpid and setsid take no pointers.
         let leads = unsafe { libc::getsid(0) == libc::getpid() || libc::setsid() >= 0 };
-        let grouped = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
-            .is_ok_and(|v| v.trim() == "1");
+        let grouped = daemon::priority::autogroup_enabled();
         if grouped && !leads {
             eprintln!(
                 "note: the benchmark shares its caller's session (it is a process group \
@@ -512,8 +509,8 @@ impl SessionGroup {
     /// Gives the session's group `nice` (nothing where it is not the benchmark's own).
     fn set(&self, nice: i32) {
         if self.leads {
-            if let Err(e) = std::fs::write(Self::FILE, nice.to_string()) {
-                eprintln!("set {} to {nice}: {e}", Self::FILE);
+            if let Err(e) = daemon::priority::set_session_group_nice(nice) {
+                eprintln!("{e}");
             }
         }
     }

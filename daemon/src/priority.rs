@@ -30,7 +30,7 @@ const AUTOGROUP_ENABLED: &str = "/proc/sys/kernel/sched_autogroup_enabled";
 pub enum PriorityError {
     #[error("set this thread's nice value to {nice}: {source}")]
     Nice { nice: i32, source: std::io::Error },
-    #[error("set the nice value of jobd's session group to {nice} ({path}): {source}")]
+    #[error("set the nice value of the session's scheduling group to {nice} ({path}): {source}")]
     Autogroup {
         nice: i32,
         path: PathBuf,
@@ -59,7 +59,7 @@ pub fn lower(nice: i32) -> Result<Group, PriorityError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    if !autogroup_enabled(Path::new(AUTOGROUP_ENABLED)) || !Path::new(AUTOGROUP).exists() {
+    if !autogroup_enabled() {
         return Ok(Group::NoAutogroup);
     }
     // SAFETY: getsid(0) and getpid take no pointers.
@@ -67,12 +67,24 @@ pub fn lower(nice: i32) -> Result<Group, PriorityError> {
     if sid != pid {
         return Ok(Group::Shared { sid });
     }
-    set_group_nice(Path::new(AUTOGROUP), nice)?;
+    set_session_group_nice(nice)?;
     Ok(Group::Set)
 }
 
-fn autogroup_enabled(switch: &Path) -> bool {
+/// Whether the kernel schedules by session group here (switched on, and this process has a
+/// group file).
+pub fn autogroup_enabled() -> bool {
+    switched_on(Path::new(AUTOGROUP_ENABLED)) && Path::new(AUTOGROUP).exists()
+}
+
+fn switched_on(switch: &Path) -> bool {
     std::fs::read_to_string(switch).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Gives the calling process's session group `nice`: every process of the session is
+/// affected, so only a session leader that owns its session should (as [`lower`] checks).
+pub fn set_session_group_nice(nice: i32) -> Result<(), PriorityError> {
+    set_group_nice(Path::new(AUTOGROUP), nice)
 }
 
 /// Writes `nice` to an autogroup file (the kernel reads a decimal number).
@@ -116,10 +128,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("sched_autogroup_enabled");
         std::fs::write(&f, "1\n").unwrap();
-        assert!(autogroup_enabled(&f));
+        assert!(switched_on(&f));
         std::fs::write(&f, "0\n").unwrap();
-        assert!(!autogroup_enabled(&f));
-        assert!(!autogroup_enabled(&dir.path().join("missing")));
+        assert!(!switched_on(&f));
+        assert!(!switched_on(&dir.path().join("missing")));
     }
 
     #[test]

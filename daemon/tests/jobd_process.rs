@@ -174,7 +174,7 @@ async fn jobd_zero_config_python_and_kill9_restart() {
     let mut jobd = spawn_jobd(dir, port);
     let mut c = connect(&jobd, dir).await;
     // A jobd that does not lead its session leaves the session's group (ours) as it was.
-    if autogroup_enabled() {
+    if daemon::priority::autogroup_enabled() {
         assert_eq!(group_of(jobd.child.id() as i32), own_group);
         assert_eq!(group_of(std::process::id() as i32), own_group);
     }
@@ -313,12 +313,6 @@ fn parent_of(pid: i32) -> i32 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-fn autogroup_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
-        .is_ok_and(|v| v.trim() == "1")
-        && Path::new("/proc/self/autogroup").exists()
 }
 
 /// A process's autogroup line, `/autogroup-N nice M`.
@@ -472,7 +466,7 @@ async fn kill9_and_leave_restarts_readopt_running_jobs() {
     // Where the kernel groups threads by session (autogroup), jobd leads its own session here
     // (as under systemd), so its group takes the nice value too; each shim leads one of its
     // own at 0. Otherwise jobd's clients would compete with the jobs as equals.
-    if autogroup_enabled() {
+    if daemon::priority::autogroup_enabled() {
         assert_eq!(
             group_nice(jobd_pid as i32),
             Some(19),
