@@ -751,6 +751,10 @@ impl Cgroup {
             self.signal_all(Signal::SIGKILL)?;
             self.wait_empty(Duration::from_secs(5));
             for (_, dir) in &self.dirs {
+                // Most jobs make no cgroups of their own: one rmdir, no walk of the tree.
+                if self.scope.is_none() && removed_at_once(dir) {
+                    continue;
+                }
                 // Sub-cgroups the job made go first: a cgroup with children cannot be removed.
                 for d in subtree(dir) {
                     if self.scope.is_some() && d == *dir {
@@ -886,6 +890,15 @@ fn new_managers(
         ),
     };
     Ok(Managers { fs, systemd })
+}
+
+/// Whether one rmdir removed `dir` (or it was gone); a cgroup with children or still
+/// counting exiting tasks answers EBUSY, which the caller handles.
+fn removed_at_once(dir: &Path) -> bool {
+    match fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// `dir` and every cgroup below it, deepest first (the order removal needs).

@@ -200,7 +200,7 @@ fn mkdir_mode(path: &Path, mode: u32, recursive: bool) -> std::io::Result<()> {
 /// Creates a container: its init is set up, in its cgroup, and waiting for `start`.
 pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
     spec::validate_id(&opts.id)?;
-    let loaded = spec::load(&opts.bundle)?;
+    let (loaded, config_text) = spec::load_with_text(&opts.bundle)?;
     let process = loaded.spec.process().as_ref().expect("validated");
     let console = console_for(process.terminal() == Some(true), &opts.console_socket)?;
     let linux = loaded.spec.linux().as_ref().expect("validated");
@@ -232,7 +232,8 @@ pub fn create(opts: &CreateOptions) -> Result<Container, ContainerError> {
         armed: true,
     };
     // The spec as created is frozen here: later edits of the bundle's config.json change nothing.
-    spec::save_pretty(&loaded.spec, &dir.join(CONFIG_FILE))?;
+    let frozen = dir.join(CONFIG_FILE);
+    spec::write_atomic(&frozen, &config_text).map_err(io_err("freeze config.json", &frozen))?;
     let fifo_path = dir.join(FIFO_FILE);
     nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600)).map_err(|e| {
         ContainerError::Io {

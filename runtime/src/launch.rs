@@ -3,7 +3,7 @@
 //! configuration and wait for "ready" or a failure message.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -363,14 +363,6 @@ impl ExecImage {
 /// this costs three syscalls where a sealed copy costs milliseconds.
 fn readonly_handle(init: &Path) -> std::io::Result<OwnedFd> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     let dir = init.parent().unwrap_or(Path::new("/"));
     let name = init
         .file_name()
@@ -391,26 +383,12 @@ fn readonly_handle(init: &Path) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: open_tree just returned this fd; nothing else owns it.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr reads one mount_attr struct of the size we pass.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    crate::mount_attr::set(
+        Some(tree.as_fd()),
+        Path::new(""),
+        false,
+        crate::mount_attr::MOUNT_ATTR_RDONLY,
+    )?;
     // SAFETY: openat relative to the mount fd we own, with a NUL-terminated name.
     let fd = unsafe {
         libc::openat(

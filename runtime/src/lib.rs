@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod init;
 pub mod launch;
 pub mod logging;
+pub mod mount_attr;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;

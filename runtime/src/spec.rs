@@ -79,6 +79,12 @@ pub fn validate_id(id: &str) -> Result<(), SpecError> {
 
 /// Reads `BUNDLE/config.json` and checks what the runtime relies on.
 pub fn load(bundle: &Path) -> Result<LoadedSpec, SpecError> {
+    load_with_text(bundle).map(|(loaded, _)| loaded)
+}
+
+/// [`load`], also returning the bytes of `config.json` as read: what `create` freezes, so the
+/// frozen copy is the file the container was made from, not a re-serialisation of it.
+pub fn load_with_text(bundle: &Path) -> Result<(LoadedSpec, Vec<u8>), SpecError> {
     let bundle = std::path::absolute(bundle).map_err(|source| SpecError::Read {
         path: bundle.to_path_buf(),
         source,
@@ -94,11 +100,12 @@ pub fn load(bundle: &Path) -> Result<LoadedSpec, SpecError> {
     })?;
     let rootfs = check(&spec, &bundle, &path)?;
     check_unsupported(&spec, &path)?;
-    Ok(LoadedSpec {
+    let loaded = LoadedSpec {
         spec,
         bundle,
         rootfs,
-    })
+    };
+    Ok((loaded, text))
 }
 
 /// Validates a parsed spec and returns the absolute rootfs path.

@@ -291,6 +291,35 @@ fn the_container_sees_its_own_cgroup_and_limits() {
 }
 
 #[test]
+fn the_cgroup_tree_is_read_only_in_every_mount() {
+    // v1 shows one bind per hierarchy on a tmpfs, made read-only together: every one of them
+    // must be, not only the tmpfs.
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "awk '$5 ~ \"^/sys/fs/cgroup\" { print $5, $6 }' /proc/self/mountinfo; \
+         mkdir /sys/fs/cgroup/x 2>/dev/null && echo tmpfs-writable; \
+         for d in /sys/fs/cgroup/*/; do mkdir \"$d/x\" 2>/dev/null && echo \"$d writable\"; done; true",
+    ]);
+    let id = unique_id("cgro");
+    let out = b.run(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mounts: Vec<&str> = text.lines().filter(|l| l.starts_with('/')).collect();
+    let expected = if is_cgroup_v2() { 1 } else { 2 };
+    assert!(mounts.len() >= expected, "too few cgroup mounts:\n{text}");
+    for line in &mounts {
+        let (at, opts) = line.split_once(' ').unwrap();
+        assert!(
+            opts.split(',').any(|o| o == "ro"),
+            "{at} is not read-only ({opts})\n{text}"
+        );
+    }
+    assert!(!text.contains("writable"), "{text}");
+    b.assert_clean(&id);
+}
+
+#[test]
 fn systemd_cgroup_driver_without_systemd_is_a_clear_error() {
     if std::path::Path::new("/run/systemd/system").exists() {
         eprintln!("skipped: systemd runs on this host");
