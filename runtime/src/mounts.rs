@@ -639,10 +639,12 @@ fn restrict_cgroup_tree(
     if attrs == 0 {
         return Ok(());
     }
+    // Any refusal falls back to the remounts, which name their own failure: besides kernels
+    // before 5.12 (ENOSYS), a runtime nested in another container may meet a seccomp profile
+    // that does not know the call (EPERM).
     match crate::mount_attr::set(None, dest, true, attrs) {
         Ok(()) => return Ok(()),
-        Err(Errno::ENOSYS) => {}
-        Err(e) => return Err(mount_err(show, "restrict", e)),
+        Err(e) => tracing::debug!(error = %errno_text(e), "mount_setattr refused: remounting"),
     }
     let extra = flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
     for (target, show_target) in binds {

@@ -2,6 +2,7 @@
 //! Each test runs real containers as root and asserts what the kernel did.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -316,6 +317,93 @@ fn the_cgroup_tree_is_read_only_in_every_mount() {
         );
     }
     assert!(!text.contains("writable"), "{text}");
+    b.assert_clean(&id);
+}
+
+/// In a forked child before exec: a seccomp filter that answers `mount_setattr` with EPERM, as
+/// an outer container runtime's profile that does not know the call does.
+fn refuse_mount_setattr() -> std::io::Result<()> {
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let mut filter = [
+        stmt(load, 4), // seccomp_data.arch
+        jeq(AUDIT_ARCH_X86_64, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+        stmt(load, 0), // seccomp_data.nr
+        jeq(libc::SYS_mount_setattr as u32, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: prctl with integer arguments, then a filter program that outlives the call.
+    let rc = unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            -1
+        } else {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            )
+        }
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[test]
+fn without_mount_setattr_the_cgroup_tree_is_still_read_only() {
+    // A runtime nested in another container may be refused the new mount API: the one
+    // recursive call falls back to a remount per mount (and job-init's read-only handle to
+    // its sealed copy), and the container starts with the same read-only tree.
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "awk '$5 ~ \"^/sys/fs/cgroup\" { print $5, $6 }' /proc/self/mountinfo",
+    ]);
+    let id = unique_id("nosetattr");
+    let bundle = b.path();
+    let mut cmd = b.command(&["run", "-b", bundle.to_str().unwrap(), &id]);
+    // SAFETY: the hook runs in the forked child before exec and only makes prctl calls.
+    unsafe {
+        cmd.pre_exec(refuse_mount_setattr);
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn job-runtime");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let expected = if is_cgroup_v2() { 1 } else { 2 };
+    assert!(
+        text.lines().count() >= expected,
+        "too few cgroup mounts:\n{text}"
+    );
+    for line in text.lines() {
+        let (at, opts) = line.split_once(' ').unwrap();
+        assert!(
+            opts.split(',').any(|o| o == "ro"),
+            "{at} is not read-only ({opts})\n{text}"
+        );
+    }
     b.assert_clean(&id);
 }
 
