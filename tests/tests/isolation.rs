@@ -291,21 +291,13 @@ fn the_container_sees_its_own_cgroup_and_limits() {
     b.assert_clean(&id);
 }
 
-#[test]
-fn the_cgroup_tree_is_read_only_in_every_mount() {
-    // v1 shows one bind per hierarchy on a tmpfs, made read-only together: every one of them
-    // must be, not only the tmpfs.
-    let b = Bundle::new(&[
-        "sh",
-        "-c",
-        "awk '$5 ~ \"^/sys/fs/cgroup\" { print $5, $6 }' /proc/self/mountinfo; \
-         mkdir /sys/fs/cgroup/x 2>/dev/null && echo tmpfs-writable; \
-         for d in /sys/fs/cgroup/*/; do mkdir \"$d/x\" 2>/dev/null && echo \"$d writable\"; done; true",
-    ]);
-    let id = unique_id("cgro");
-    let out = b.run(&id);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+/// Prints `MOUNT_POINT OPTIONS` for every mount at or below /sys/fs/cgroup.
+const LIST_CGROUP_MOUNTS: &str =
+    "awk '$5 ~ \"^/sys/fs/cgroup\" { print $5, $6 }' /proc/self/mountinfo";
+
+/// Checks the lines of [`LIST_CGROUP_MOUNTS`] in `text`: at least the mounts the cgroup
+/// version makes (v1: the tmpfs and a bind per hierarchy), each of them read-only.
+fn assert_cgroup_mounts_read_only(text: &str) {
     let mounts: Vec<&str> = text.lines().filter(|l| l.starts_with('/')).collect();
     let expected = if is_cgroup_v2() { 1 } else { 2 };
     assert!(mounts.len() >= expected, "too few cgroup mounts:\n{text}");
@@ -316,6 +308,23 @@ fn the_cgroup_tree_is_read_only_in_every_mount() {
             "{at} is not read-only ({opts})\n{text}"
         );
     }
+}
+
+#[test]
+fn the_cgroup_tree_is_read_only_in_every_mount() {
+    // v1 shows one bind per hierarchy on a tmpfs, made read-only together: every one of them
+    // must be, not only the tmpfs.
+    let script = format!(
+        "{LIST_CGROUP_MOUNTS}; \
+         mkdir /sys/fs/cgroup/x 2>/dev/null && echo tmpfs-writable; \
+         for d in /sys/fs/cgroup/*/; do mkdir \"$d/x\" 2>/dev/null && echo \"$d writable\"; done; true"
+    );
+    let b = Bundle::new(&["sh", "-c", &script]);
+    let id = unique_id("cgro");
+    let out = b.run(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_cgroup_mounts_read_only(&text);
     assert!(!text.contains("writable"), "{text}");
     b.assert_clean(&id);
 }
@@ -374,11 +383,7 @@ fn without_mount_setattr_the_cgroup_tree_is_still_read_only() {
     // A runtime nested in another container may be refused the new mount API: the one
     // recursive call falls back to a remount per mount (and job-init's read-only handle to
     // its sealed copy), and the container starts with the same read-only tree.
-    let b = Bundle::new(&[
-        "sh",
-        "-c",
-        "awk '$5 ~ \"^/sys/fs/cgroup\" { print $5, $6 }' /proc/self/mountinfo",
-    ]);
+    let b = Bundle::new(&["sh", "-c", LIST_CGROUP_MOUNTS]);
     let id = unique_id("nosetattr");
     let bundle = b.path();
     let mut cmd = b.command(&["run", "-b", bundle.to_str().unwrap(), &id]);
@@ -391,19 +396,7 @@ fn without_mount_setattr_the_cgroup_tree_is_still_read_only() {
         .output()
         .expect("spawn job-runtime");
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    let expected = if is_cgroup_v2() { 1 } else { 2 };
-    assert!(
-        text.lines().count() >= expected,
-        "too few cgroup mounts:\n{text}"
-    );
-    for line in text.lines() {
-        let (at, opts) = line.split_once(' ').unwrap();
-        assert!(
-            opts.split(',').any(|o| o == "ro"),
-            "{at} is not read-only ({opts})\n{text}"
-        );
-    }
+    assert_cgroup_mounts_read_only(&stdout(&out));
     b.assert_clean(&id);
 }
 
