@@ -22,6 +22,9 @@ scripts/deps.sh --minimal
 
 step "build (release; a first build takes several minutes)"
 cargo build --release --workspace --bins
+# job-init again, static and position-dependent: `cargo build` makes a dynamic one, which
+# works but costs every container start about 2 ms more (see the script).
+scripts/build-job-init.sh --release
 
 step "install into $prefix/bin"
 if [ -x scripts/install.sh ]; then
