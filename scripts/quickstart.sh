@@ -48,11 +48,20 @@ setsid "$prefix/bin/jobd" >>"$log" 2>&1 </dev/null &
 echo $! >"$pidfile"
 ready=
 for _ in $(seq 600); do
-    if "$prefix/bin/jobctl" list >/dev/null 2>&1; then ready=1; break; fi
+    if err=$("$prefix/bin/jobctl" list 2>&1 >/dev/null); then ready=1; break; fi
+    case $err in
+    *certificate* | *CA*)
+        # jobd answered, but not to this identity: typically ~/.config/jobctl holds one from
+        # an earlier jobd whose data directory is gone; jobd keeps it and says where its own is.
+        echo "$err" >&2
+        grep -h "client identity exists already" "$log" | tail -n 1 >&2 || true
+        fail "jobctl's identity does not match this jobd: use the admin identity jobd names above (jobctl --tls-dir DIR, or copy it to ~/.config/jobctl)"
+        ;;
+    esac
     kill -0 "$(cat "$pidfile")" 2>/dev/null || { tail -n 20 "$log" >&2; fail "jobd exited; its log is above"; }
     sleep 0.1
 done
-[ -n "$ready" ] || { tail -n 20 "$log" >&2; fail "jobd did not answer within 60 s; its log is above"; }
+[ -n "$ready" ] || { echo "$err" >&2; tail -n 20 "$log" >&2; fail "jobd did not answer within 60 s; jobctl's error and jobd's log are above"; }
 echo "jobd is running (pid $(cat "$pidfile")); the admin identity is in ~/.config/jobctl"
 
 step "cd docs/quickstart && jobctl run --memory 128M -- python3 x.py"
