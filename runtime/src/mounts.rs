@@ -609,7 +609,7 @@ fn mount_cgroup(
                 bind: true,
                 ..Default::default()
             };
-            let mut made = Vec::with_capacity(binds.len());
+            let mut bound = Vec::with_capacity(binds.len());
             for (name, host_dir) in binds {
                 if !host_dir.is_dir() {
                     continue;
@@ -618,21 +618,21 @@ fn mount_cgroup(
                 let target = dest.join(name);
                 create_missing_mount_point(&target, true)?;
                 bind_mount(host_dir, &target, &plain_bind, &show.join(name))?;
-                made.push((target, show.join(name)));
+                bound.push(name.as_str());
             }
-            restrict_cgroup_tree(dest, opts.flags, tmpfs_flags, &made, show)
+            restrict_cgroup_tree(dest, opts.flags, tmpfs_flags, &bound, show)
         }
     }
 }
 
-/// Gives the v1 tmpfs and every hierarchy's bind below it the mount's flags (read-only,
-/// nosuid, ...): one recursive `mount_setattr` where the kernel has it, instead of a remount
-/// per mount (17 calls for 8 hierarchies).
+/// Gives the v1 tmpfs at `dest` and the hierarchies bound below it (`bound`, by name) the
+/// mount's flags (read-only, nosuid, ...): one recursive `mount_setattr` where the kernel
+/// has it, instead of a remount per mount (17 calls for 8 hierarchies).
 fn restrict_cgroup_tree(
     dest: &Path,
     flags: MsFlags,
     tmpfs_flags: MsFlags,
-    binds: &[(PathBuf, PathBuf)],
+    bound: &[&str],
     show: &Path,
 ) -> Result<(), MountError> {
     let attrs = crate::mount_attr::restrictions(flags);
@@ -647,8 +647,8 @@ fn restrict_cgroup_tree(
         Err(e) => tracing::debug!(error = %errno_text(e), "mount_setattr refused: remounting"),
     }
     let extra = flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
-    for (target, show_target) in binds {
-        remount_bind(target, extra, show_target)?;
+    for name in bound {
+        remount_bind(&dest.join(name), extra, &show.join(name))?;
     }
     if flags.contains(MsFlags::MS_RDONLY) {
         mount(
@@ -682,8 +682,8 @@ pub fn create_devices(
 ) -> Result<(), MountError> {
     let dev = secure_join(rootfs, Path::new("/dev"))?;
     for (name, major, minor) in DEFAULT_DEVICES {
-        let host = Path::new("/dev").join(name);
         if new_userns {
+            let host = Path::new("/dev").join(name);
             // The lookup tells whether the mount point exists, so it is not looked up again.
             let (target, found) = resolve_in(rootfs, &host)?;
             bind_device(&host, &target, found).map_err(|e| in_container(e, &host))?;
