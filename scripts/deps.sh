@@ -38,3 +38,6 @@ MSG
     exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# job-init links against musl when this target is there (scripts/build-job-init.sh says why);
+# without it, against static glibc.
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{symlink, DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -492,6 +493,10 @@ fn create_file_mount_point(dest: &Path) -> std::io::Result<()> {
         .map(drop)
 }
 
+/// `ST_RELATIME` from linux/statfs.h: nix names it for glibc only, and musl's `statvfs`
+/// passes the kernel's flag word through as well.
+const ST_RELATIME: FsFlags = FsFlags::from_bits_retain(0x1000);
+
 /// The flags a remount must keep: in a user namespace the kernel refuses to drop nosuid,
 /// nodev, noexec or atime flags that the underlying mount has (they are locked).
 fn locked_flags(path: &Path) -> MsFlags {
@@ -506,7 +511,7 @@ fn locked_flags(path: &Path) -> MsFlags {
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (ST_RELATIME, MsFlags::MS_RELATIME),
     ] {
         if f.contains(fs_flag) {
             out |= ms_flag;
@@ -844,21 +849,31 @@ pub fn make_root_readonly() -> Result<(), MountError> {
 /// final symlink, and is addressed through `/proc/self/fd` so no later step resolves the path
 /// again (a container could swap a component for a symlink in between).
 struct PathFd {
-    fd: std::os::fd::OwnedFd,
+    fd: OwnedFd,
     path: PathBuf,
+}
+
+/// An `O_PATH` descriptor of `path`, close-on-exec, plus `extra` flags. Not through
+/// `OpenOptions::custom_flags`: on musl, std masks custom flags with `O_ACCMODE`, which there
+/// includes `O_PATH`, and the file would be opened for reading instead (refused for root-only
+/// files such as `/proc/timer_list` in a user namespace).
+pub(crate) fn open_o_path(path: &Path, extra: nix::fcntl::OFlag) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_CLOEXEC | extra,
+        Mode::empty(),
+    )?;
+    // SAFETY: open just returned this descriptor and nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 impl PathFd {
     /// `None` when the path does not exist.
     fn open(path: &Path) -> Result<Option<PathFd>, MountError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-        {
-            Ok(f) => Ok(Some(PathFd {
-                fd: f.into(),
+        match open_o_path(path, nix::fcntl::OFlag::O_NOFOLLOW) {
+            Ok(fd) => Ok(Some(PathFd {
+                fd,
                 path: path.to_path_buf(),
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -41,8 +41,14 @@ pub enum ProcessError {
     NoNewPrivs(String),
 }
 
+/// glibc types `setrlimit`'s resource as its own enum type, musl as a plain int.
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
+
 /// Name -> resource number for every rlimit the runtime-spec names.
-fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+fn rlimit_resource(name: &str) -> Option<RlimitResource> {
     Some(match name {
         "RLIMIT_AS" => libc::RLIMIT_AS,
         "RLIMIT_CORE" => libc::RLIMIT_CORE,

@@ -20,7 +20,7 @@
 //! CPU for the apply as a whole on the 2-vCPU VM before, see the daemon README).
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -217,16 +217,13 @@ fn bind_over(dir: &Path, mount_point: &Path) -> Result<(), RootsError> {
 
 /// An `O_PATH` descriptor of a directory, enough to bind it.
 fn open_dir(dir: &Path) -> Result<OwnedFd, RootsError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)
-        .map(OwnedFd::from)
-        .map_err(|source| RootsError::Sys {
+    crate::mounts::open_o_path(dir, nix::fcntl::OFlag::O_DIRECTORY).map_err(|source| {
+        RootsError::Sys {
             op: "open",
             path: dir.to_path_buf(),
             source,
-        })
+        }
+    })
 }
 
 /// (device, inode) of a directory.
