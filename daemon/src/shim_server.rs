@@ -257,6 +257,18 @@ fn receive(sock: std::os::fd::BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>),
 }
 
 /// The server's whole life (`jobd-shim --serve`); its socket is fd 3. Returns the exit status.
+/// Shims open job-init through a read-only mount of its directory; the server makes the mount
+/// once for the job-init beside it (jobd's default), so that no shim makes and unmounts its
+/// own. A job-init configured elsewhere gets a mount per start, as before.
+fn keep_job_init_mount() {
+    let kept = runtime::launch::default_init_path()
+        .map_err(|e| e.to_string())
+        .and_then(|init| runtime::launch::keep_readonly_init_dir(&init).map_err(|e| e.to_string()));
+    if let Err(e) = kept {
+        tracing::debug!(error = %e, "no kept read-only mount of job-init; each shim makes one");
+    }
+}
+
 pub fn serve() -> i32 {
     match serve_until_closed() {
         Ok(()) => 0,
@@ -288,6 +300,7 @@ fn serve_until_closed() -> Result<(), ShimError> {
         .map_err(shim::sys("signalfd"))?;
     // What every shim would otherwise look up for itself, looked up once here.
     runtime::cgroups::warm_up();
+    keep_job_init_mount();
     drop(placeholders);
     // A forked shim has the server's address space, so the argument area it retitles is the
     // server's: looked up once here, not in every shim.

@@ -360,15 +360,52 @@ impl ExecImage {
 /// job-init opened through a detached, read-only bind mount of its directory (CVE-2019-5736):
 /// a container that reaches job-init through `/proc/PID/exe` gets a path on a read-only mount
 /// that belongs to no namespace, so it cannot write the host binary (EROFS). No copy is made:
-/// this costs three syscalls where a sealed copy costs milliseconds.
+/// a kept mount ([`keep_readonly_init_dir`]) makes this one `openat`, a new one three syscalls
+/// and an unmount, where a sealed copy costs milliseconds.
 fn readonly_handle(init: &Path) -> std::io::Result<OwnedFd> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let (dir, name) = split_init_path(init)?;
+    {
+        let kept = KEPT_INIT_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, tree)) = kept.iter().find(|(d, _)| d == dir) {
+            return open_path_at(tree, &name);
+        }
+    }
+    open_path_at(&readonly_dir_mount(dir)?, &name)
+}
+
+/// Read-only detached mounts of job-init directories that this process keeps, made before a
+/// long-lived process forks the ones that start containers (jobd's shim server): closing the
+/// last descriptor of such a mount unmounts it, and every unmount waits for an expedited RCU
+/// grace period, an interrupt to every CPU. Kept, the clone, its `mount_setattr` and that
+/// wait happen once instead of at every container start.
+static KEPT_INIT_DIRS: std::sync::Mutex<Vec<(PathBuf, OwnedFd)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Keeps a read-only detached mount of `init`'s directory for this process's later starts
+/// (see [`KEPT_INIT_DIRS`]). The directory's current contents are what a start finds: a
+/// replaced job-init is opened anew each time.
+pub fn keep_readonly_init_dir(init: &Path) -> std::io::Result<()> {
+    let (dir, _) = split_init_path(init)?;
+    let tree = readonly_dir_mount(dir)?;
+    let mut kept = KEPT_INIT_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if !kept.iter().any(|(d, _)| d == dir) {
+        kept.push((dir.to_path_buf(), tree));
+    }
+    Ok(())
+}
+
+fn split_init_path(init: &Path) -> std::io::Result<(&Path, CString)> {
     let dir = init.parent().unwrap_or(Path::new("/"));
     let name = init
         .file_name()
         .ok_or_else(|| std::io::Error::other("job-init path has no file name"))?;
+    Ok((dir, CString::new(name.as_encoded_bytes())?))
+}
+
+/// A detached clone of the mount at `dir`, rooted there, made read-only.
+fn readonly_dir_mount(dir: &Path) -> std::io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
     let dir_c = CString::new(dir.as_os_str().as_encoded_bytes())?;
-    let name_c = CString::new(name.as_encoded_bytes())?;
     // SAFETY: open_tree takes a NUL-terminated path and flags; returns a new fd or -1.
     let tree = unsafe {
         libc::syscall(
@@ -389,11 +426,16 @@ fn readonly_handle(init: &Path) -> std::io::Result<OwnedFd> {
         false,
         crate::mount_attr::MOUNT_ATTR_RDONLY,
     )?;
-    // SAFETY: openat relative to the mount fd we own, with a NUL-terminated name.
+    Ok(tree)
+}
+
+/// An `O_PATH` descriptor of `name` in the directory `dir`, not following a symlink there.
+fn open_path_at(dir: &OwnedFd, name: &CString) -> std::io::Result<OwnedFd> {
+    // SAFETY: openat relative to a directory fd we hold, with a NUL-terminated name.
     let fd = unsafe {
         libc::openat(
-            tree.as_raw_fd(),
-            name_c.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
             libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
         )
     };
@@ -734,5 +776,57 @@ fn fail(sock: RawFd, step: PreExecStep, result: Result<usize, syscalls::Errno>) 
         loop {
             let _ = syscall1(Sysno::exit_group, 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mount id of the mount an fd is on, from /proc/self/fdinfo.
+    fn mount_id(fd: &OwnedFd) -> u64 {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+            .expect("fdinfo");
+        info.lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("mnt_id in fdinfo")
+    }
+
+    #[test]
+    fn a_kept_init_mount_is_read_only_and_shared_by_every_start() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: open_tree needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let init = dir.path().join("job-init");
+        std::fs::write(&init, b"#!/bin/sh\n").unwrap();
+
+        // Without a kept mount every start clones one of its own.
+        let a = readonly_handle(&init).unwrap();
+        let b = readonly_handle(&init).unwrap();
+        assert_ne!(mount_id(&a), mount_id(&b));
+
+        keep_readonly_init_dir(&init).unwrap();
+        let c = readonly_handle(&init).unwrap();
+        let d = readonly_handle(&init).unwrap();
+        assert_eq!(mount_id(&c), mount_id(&d), "starts share the kept mount");
+        for fd in [&a, &c] {
+            let reopened = std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let err = reopened.expect_err("job-init must not be writable through its handle");
+            assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        }
+        // A job-init replaced in the directory is what the next start gets.
+        std::fs::remove_file(&init).unwrap();
+        let replaced = b"#!/bin/sh\n# replaced\n";
+        std::fs::write(&init, replaced).unwrap();
+        let e = readonly_handle(&init).unwrap();
+        let len = std::fs::metadata(format!("/proc/self/fd/{}", e.as_raw_fd()))
+            .unwrap()
+            .len();
+        assert_eq!(len, replaced.len() as u64);
     }
 }
