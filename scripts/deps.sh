@@ -40,4 +40,6 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # job-init links against musl when this target is there (scripts/build-job-init.sh says why);
 # without it, against static glibc.
-rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+if [ ! -d "$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-musl" ]; then
+    timeout 300 rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+fi
