@@ -256,7 +256,6 @@ fn receive(sock: std::os::fd::BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>),
     Ok((buf, fds))
 }
 
-/// The server's whole life (`jobd-shim --serve`); its socket is fd 3. Returns the exit status.
 /// Shims open job-init through a read-only mount of its directory; the server makes the mount
 /// once for the job-init beside it (jobd's default), so that no shim makes and unmounts its
 /// own. A job-init configured elsewhere gets a mount per start, as before.
@@ -269,6 +268,7 @@ fn keep_job_init_mount() {
     }
 }
 
+/// The server's whole life (`jobd-shim --serve`); its socket is fd 3. Returns the exit status.
 pub fn serve() -> i32 {
     match serve_until_closed() {
         Ok(()) => 0,
