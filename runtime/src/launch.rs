@@ -367,10 +367,10 @@ fn readonly_handle(init: &Path) -> std::io::Result<OwnedFd> {
     {
         let kept = KEPT_INIT_DIRS.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, tree)) = kept.iter().find(|(d, _)| d == dir) {
-            return open_path_at(tree, &name);
+            return open_init_in(tree, name);
         }
     }
-    open_path_at(&readonly_dir_mount(dir)?, &name)
+    open_init_in(&readonly_dir_mount(dir)?, name)
 }
 
 /// Read-only detached mounts of job-init directories that this process keeps, made before a
@@ -386,20 +386,19 @@ static KEPT_INIT_DIRS: std::sync::Mutex<Vec<(PathBuf, OwnedFd)>> =
 /// replaced job-init is opened anew each time.
 pub fn keep_readonly_init_dir(init: &Path) -> std::io::Result<()> {
     let (dir, _) = split_init_path(init)?;
-    let tree = readonly_dir_mount(dir)?;
     let mut kept = KEPT_INIT_DIRS.lock().unwrap_or_else(|p| p.into_inner());
     if !kept.iter().any(|(d, _)| d == dir) {
-        kept.push((dir.to_path_buf(), tree));
+        kept.push((dir.to_path_buf(), readonly_dir_mount(dir)?));
     }
     Ok(())
 }
 
-fn split_init_path(init: &Path) -> std::io::Result<(&Path, CString)> {
+fn split_init_path(init: &Path) -> std::io::Result<(&Path, &Path)> {
     let dir = init.parent().unwrap_or(Path::new("/"));
     let name = init
         .file_name()
         .ok_or_else(|| std::io::Error::other("job-init path has no file name"))?;
-    Ok((dir, CString::new(name.as_encoded_bytes())?))
+    Ok((dir, Path::new(name)))
 }
 
 /// A detached clone of the mount at `dir`, rooted there, made read-only.
@@ -429,21 +428,9 @@ fn readonly_dir_mount(dir: &Path) -> std::io::Result<OwnedFd> {
     Ok(tree)
 }
 
-/// An `O_PATH` descriptor of `name` in the directory `dir`, not following a symlink there.
-fn open_path_at(dir: &OwnedFd, name: &CString) -> std::io::Result<OwnedFd> {
-    // SAFETY: openat relative to a directory fd we hold, with a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: openat just returned this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// job-init (`name`) in the read-only mount `tree`, not following a symlink there.
+fn open_init_in(tree: &OwnedFd, name: &Path) -> std::io::Result<OwnedFd> {
+    crate::mounts::open_o_path_at(Some(tree.as_fd()), name, nix::fcntl::OFlag::O_NOFOLLOW)
 }
 
 /// A sealed in-memory copy of job-init to exec (CVE-2019-5736): a container that reaches

@@ -858,13 +858,25 @@ struct PathFd {
 /// includes `O_PATH`, and the file would be opened for reading instead (refused for root-only
 /// files such as `/proc/timer_list` in a user namespace).
 pub(crate) fn open_o_path(path: &Path, extra: nix::fcntl::OFlag) -> std::io::Result<OwnedFd> {
+    open_o_path_at(None, path, extra)
+}
+
+/// [`open_o_path`] with `path` relative to the directory `dir` (the working directory when
+/// `None`).
+pub(crate) fn open_o_path_at(
+    dir: Option<std::os::fd::BorrowedFd<'_>>,
+    path: &Path,
+    extra: nix::fcntl::OFlag,
+) -> std::io::Result<OwnedFd> {
     use nix::fcntl::OFlag;
-    let fd = nix::fcntl::open(
+    use std::os::fd::AsRawFd;
+    let fd = nix::fcntl::openat(
+        dir.map(|d| d.as_raw_fd()),
         path,
         OFlag::O_PATH | OFlag::O_CLOEXEC | extra,
         Mode::empty(),
     )?;
-    // SAFETY: open just returned this descriptor and nothing else owns it.
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
